@@ -1,0 +1,14 @@
+//! The QEMU side of qcapsd: starting an emulator (`exec`, the only module
+//! that starts processes), talking QMP to it (`qmp`), turning its replies into
+//! the capabilities document (`parse`, `caps`), one probe end to end
+//! (`probe`), and what makes a cached probe still valid (`fingerprint`).
+
+pub mod caps;
+pub mod exec;
+pub mod parse;
+pub mod probe;
+pub mod qmp;
+
+pub use caps::Capabilities;
+pub use exec::{Accel, ExecCounter, ExecError};
+pub use probe::{ProbeError, ProbeRequest, probe};

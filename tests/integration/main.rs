@@ -1,0 +1,5 @@
+//! Integration tests, one binary (ripgrep's layout): each module is one area
+//! of behaviour; `common` hides the set-up.
+
+mod common;
+mod probe_replay;

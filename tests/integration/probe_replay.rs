@@ -1,0 +1,216 @@
+//! The probe against libvirt's recorded QEMU conversations: for every
+//! transcript, what qcapsd reports equals what libvirt parsed from the same
+//! replies (version, machine types, CPU models and their blockers).
+
+use crate::common::{self, Attrs, LibvirtCaps};
+use qcapsd::qemu::{Accel, Capabilities, ExecCounter, ProbeRequest, probe};
+use std::collections::BTreeSet;
+use std::path::Path;
+use tokio_util::sync::CancellationToken;
+
+async fn probe_transcript(transcript: &Path, accel: Accel) -> Capabilities {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = common::replay_emulator(dir.path(), "qemu-system-replay", transcript);
+    let mut req = ProbeRequest::new("replay");
+    req.accel = accel;
+    let counter = ExecCounter::default();
+    let (caps, _) = probe(&bin, &req, &counter, &CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", transcript.display()));
+    assert_eq!(counter.get(), 1, "one exec per probe");
+    assert_eq!(caps.probe.execs, 1);
+    caps
+}
+
+type MachineKey = (String, Option<String>, bool, u64, bool);
+
+fn probed_machines(c: &Capabilities) -> BTreeSet<MachineKey> {
+    c.machines
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.alias.clone(),
+                m.is_default,
+                m.cpu_max,
+                m.deprecated,
+            )
+        })
+        .collect()
+}
+
+fn libvirt_machines(x: &LibvirtCaps, typ: &str) -> BTreeSet<MachineKey> {
+    x.machines
+        .iter()
+        .filter(|a| a["type"] == typ)
+        .map(|a| {
+            (
+                a["name"].clone(),
+                a.get("alias").cloned(),
+                yes(a, "default"),
+                a["maxCpus"].parse().unwrap(),
+                yes(a, "deprecated"),
+            )
+        })
+        .collect()
+}
+
+fn yes(a: &Attrs, key: &str) -> bool {
+    a.get(key).is_some_and(|v| v == "yes")
+}
+
+type CpuKey = (String, Option<bool>, Vec<String>);
+
+fn probed_cpus(c: &Capabilities) -> BTreeSet<CpuKey> {
+    c.cpu_models
+        .iter()
+        .map(|m| {
+            let mut b = m.unavailable_features.clone();
+            b.sort();
+            (m.name.clone(), m.usable, b)
+        })
+        .collect()
+}
+
+fn libvirt_cpus(x: &LibvirtCaps, typ: &str) -> BTreeSet<CpuKey> {
+    x.cpus
+        .iter()
+        .filter(|(a, _)| a["type"] == typ)
+        .map(|(a, blockers)| {
+            let mut b = blockers.clone();
+            b.sort();
+            let usable = a.get("usable").map(|u| u == "yes");
+            (qemu_cpu_name(&x.arch, &a["name"]), usable, b)
+        })
+        .collect()
+}
+
+/// libvirt renames ppc64's `powerN` models to `POWERN` for backward
+/// compatibility; qcapsd reports QEMU's own names.
+fn qemu_cpu_name(arch: &str, libvirt_name: &str) -> String {
+    let is_power_n = libvirt_name
+        .strip_prefix("POWER")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if arch.starts_with("ppc64") && is_power_n {
+        libvirt_name.to_ascii_lowercase()
+    } else {
+        libvirt_name.to_owned()
+    }
+}
+
+/// Probes `transcript` as qcapsd would (accel auto) and, where it was
+/// recorded with KVM, again with `--accel tcg`; each result must equal
+/// libvirt's parse of the same pass.
+async fn check_against_libvirt(transcript: &Path) {
+    let xml_path = transcript.with_extension("xml");
+    let xml = common::parse_libvirt_xml(&std::fs::read_to_string(&xml_path).unwrap());
+    let has_kvm_pass = xml.machines.iter().any(|a| a["type"] == "kvm");
+    let mut runs = vec![(Accel::Auto, if has_kvm_pass { "kvm" } else { "tcg" })];
+    if has_kvm_pass {
+        runs.push((Accel::Tcg, "tcg"));
+    }
+    for (accel, typ) in runs {
+        let caps = probe_transcript(transcript, accel).await;
+        let what = format!(
+            "{} (accel {}, libvirt's {typ} entries)",
+            transcript.display(),
+            accel.as_str()
+        );
+        let q = caps
+            .qemu
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: no version"));
+        assert_eq!(
+            q.major * 1_000_000 + q.minor * 1_000 + q.micro,
+            xml.version,
+            "{what}: version"
+        );
+        assert_eq!(
+            caps.arch.as_deref(),
+            Some(xml.arch.as_str()),
+            "{what}: arch"
+        );
+        assert_eq!(caps.accel, typ, "{what}: accel");
+        assert_eq!(
+            probed_machines(&caps),
+            libvirt_machines(&xml, typ),
+            "{what}: machines"
+        );
+        assert_eq!(
+            probed_cpus(&caps),
+            libvirt_cpus(&xml, typ),
+            "{what}: CPU models"
+        );
+        assert!(!caps.commands.is_empty(), "{what}: commands");
+        assert!(!caps.devices.is_empty(), "{what}: devices");
+    }
+}
+
+macro_rules! transcript_tests {
+    ($($name:ident => $file:literal,)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            check_against_libvirt(&common::replies_dir().join($file)).await;
+        }
+    )*};
+}
+
+transcript_tests! {
+    libvirt_6_2_0_x86_64 => "caps_6.2.0_x86_64.replies",
+    libvirt_7_2_0_x86_64 => "caps_7.2.0_x86_64.replies",
+    libvirt_8_2_0_x86_64 => "caps_8.2.0_x86_64.replies",
+    libvirt_9_1_0_x86_64 => "caps_9.1.0_x86_64.replies",
+    libvirt_10_0_0_x86_64 => "caps_10.0.0_x86_64.replies",
+    libvirt_8_2_0_aarch64 => "caps_8.2.0_aarch64.replies",
+    libvirt_10_0_0_s390x => "caps_10.0.0_s390x.replies",
+    libvirt_7_1_0_ppc64 => "caps_7.1.0_ppc64.replies",
+    libvirt_9_1_0_riscv64 => "caps_9.1.0_riscv64.replies",
+}
+
+/// Whatever transcripts the shared folder holds (more may be added), each
+/// agrees with libvirt.
+#[tokio::test]
+async fn every_transcript_in_the_shared_folder_agrees_with_libvirt() {
+    let all = common::all_transcripts();
+    assert!(all.len() >= 9, "expected at least the 9 shared transcripts");
+    for t in all {
+        check_against_libvirt(&t).await;
+    }
+}
+
+#[tokio::test]
+async fn device_properties_are_read_for_devices_the_emulator_has() {
+    let t = common::replies_dir().join("caps_10.0.0_x86_64.replies");
+    let caps = probe_transcript(&t, Accel::Auto).await;
+    let props = &caps.device_properties["virtio-blk-pci"];
+    assert!(props.iter().any(|p| p.name == "num-queues"), "{props:?}");
+    assert!(
+        !caps.device_properties.contains_key("virtio-net-ccw"),
+        "an s390x-only device is not asked of x86_64"
+    );
+    assert!(caps.commands.iter().any(|c| c == "query-cpu-definitions"));
+    assert!(
+        !caps.commands.iter().any(|c| c == "SHUTDOWN"),
+        "events are not commands"
+    );
+}
+
+#[tokio::test]
+async fn kvm_only_probe_of_a_tcg_only_emulator_fails_with_qemus_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = common::replies_dir().join("caps_9.1.0_riscv64.replies");
+    let bin = common::replay_emulator(dir.path(), "qemu-system-riscv64", &t);
+    let mut req = ProbeRequest::new("riscv64");
+    req.accel = Accel::Kvm;
+    let e = probe(
+        &bin,
+        &req,
+        &ExecCounter::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("failed to initialize kvm"), "{e}");
+    assert!(e.contains("exited with status 1"), "{e}");
+}
