@@ -81,18 +81,28 @@ async fn probe(path: PathBuf, accel: Accel, timeout: u64) -> ExitCode {
     req.timeout = Duration::from_secs(timeout);
     let cancel = CancellationToken::new();
     match qemu::probe(&path, &req, &ExecCounter::default(), &cancel).await {
-        Ok((caps, _)) => match serde_json::to_string_pretty(&caps) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("qcapsd: cannot serialize the capabilities: {e}");
-                ExitCode::from(1)
-            }
-        },
+        Ok((caps, _)) => print_json(&caps),
         Err(e) => {
             eprintln!("qcapsd: probe failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout. A closed pipe (`| head`) ends
+/// quietly; other write errors are reported.
+fn print_json(value: &impl serde::Serialize) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qcapsd: writing stdout: {e}");
             ExitCode::from(1)
         }
     }

@@ -126,7 +126,7 @@ pub enum ExecError {
     Qmp {
         path: PathBuf,
         #[source]
-        source: QmpError,
+        source: Box<QmpError>,
         status: Option<String>,
         stderr: String,
     },
@@ -206,7 +206,7 @@ pub async fn with_qemu<T>(
         Outcome::Done(Ok(v)) => Ok((v, report)),
         Outcome::Done(Err(source)) => Err(ExecError::Qmp {
             path,
-            source,
+            source: Box::new(source),
             status: status
                 .filter(|s| s.signal().is_none() || !proc.killed_by_us)
                 .map(describe_status),

@@ -19,7 +19,7 @@ pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
 pub enum QmpError {
     #[error("monitor closed{}", context(.during))]
     Eof { during: String },
-    #[error("reading the monitor: {0}")]
+    #[error("monitor I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("not QMP: {snippet:?}{}", context(.during))]
     Garbage { snippet: String, during: String },
@@ -153,8 +153,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Qmp<R, W> {
             if reply.get("id").and_then(Value::as_str) != Some(id) {
                 return Err(garbage(&reply));
             }
-            if let Some(ret) = reply.get("return") {
-                return Ok(Ok(ret.clone()));
+            let mut reply = reply;
+            if let Some(ret) = reply.as_object_mut().and_then(|o| o.remove("return")) {
+                return Ok(Ok(ret));
             }
             if let Some(e) = reply.get("error") {
                 let field = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();

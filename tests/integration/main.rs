@@ -3,3 +3,5 @@
 
 mod common;
 mod probe_replay;
+mod probe_faults;
+mod probe_real;

@@ -1,0 +1,227 @@
+//! Emulators that misbehave: each gives a clear error, never a panic, and
+//! leaves no process behind. (QMP runs over pipes: no temporary file exists
+//! to leave.)
+
+use crate::common::{self, process_alive, read_pids, script};
+use qcapsd::qemu::{ExecCounter, ProbeError, ProbeRequest, probe};
+use std::path::Path;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const GREETING: &str =
+    r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 9}, "package": ""}, "capabilities": []}}"#;
+
+async fn probe_with_timeout(bin: &Path, timeout: Duration) -> Result<(), ProbeError> {
+    let mut req = ProbeRequest::new("faulty");
+    req.timeout = timeout;
+    probe(bin, &req, &ExecCounter::default(), &CancellationToken::new())
+        .await
+        .map(|_| ())
+}
+
+async fn probe_err(bin: &Path) -> String {
+    probe_with_timeout(bin, Duration::from_secs(10)).await.unwrap_err().to_string()
+}
+
+fn assert_all_gone(pids_file: &Path) {
+    let pids = read_pids(pids_file);
+    assert!(!pids.is_empty(), "the stand-in recorded its pids");
+    // SIGKILL is delivered at once, but the kernel may take a moment to
+    // tear a process down; poll briefly (a count, not a timing assertion).
+    for _ in 0..200 {
+        if pids.iter().all(|&p| !process_alive(p)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let alive: Vec<_> = pids.iter().filter(|&&p| process_alive(p)).collect();
+    panic!("processes left behind: {alive:?}");
+}
+
+#[tokio::test]
+async fn missing_path_is_named() {
+    let e = probe_err(Path::new("/nonexistent/qemu-system-x86_64")).await;
+    assert_eq!(e, "/nonexistent/qemu-system-x86_64: no such file");
+}
+
+#[tokio::test]
+async fn non_executable_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("qemu-system-x86_64");
+    std::fs::write(&f, "not a program").unwrap();
+    let e = probe_err(&f).await;
+    assert_eq!(e, format!("{}: not an executable file", f.display()));
+    let e = probe_err(dir.path()).await;
+    assert!(e.ends_with("not an executable file"), "a directory: {e}");
+}
+
+#[tokio::test]
+async fn emulator_that_exits_at_once_reports_its_stderr_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = script(dir.path(), "qemu", "echo 'qemu: -machine none: unsupported machine' >&2\nexit 3");
+    let e = probe_err(&bin).await;
+    assert!(e.contains("monitor closed"), "{e}");
+    assert!(e.contains("exited with status 3"), "{e}");
+    assert!(e.contains("unsupported machine"), "{e}");
+    assert!(!e.contains('\n'), "one line: {e}");
+}
+
+#[tokio::test]
+async fn garbage_instead_of_qmp_is_an_error_and_the_process_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let bin = script(
+        dir.path(),
+        "qemu",
+        &format!("echo $$ > {p}\necho 'Usage: qemu-system [options] [disk_image]'\nexec sleep 600", p = pids.display()),
+    );
+    let e = probe_err(&bin).await;
+    assert!(e.contains("no QMP greeting") && e.contains("Usage: qemu-system"), "{e}");
+    assert_all_gone(&pids);
+}
+
+#[tokio::test]
+async fn monitor_closed_in_the_middle_names_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = script(
+        dir.path(),
+        "qemu",
+        &format!("echo '{GREETING}'\nread line\necho '{{\"return\": {{}}, \"id\": \"qcapsd-1\"}}'\nread line\nexit 0"),
+    );
+    let e = probe_err(&bin).await;
+    assert!(e.contains("monitor closed") || e.contains("Broken pipe"), "{e}");
+    assert!(e.contains("query-version") || e.contains("Broken pipe"), "{e}");
+}
+
+#[tokio::test]
+async fn hang_is_killed_at_the_timeout_with_every_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let p = pids.display();
+    // The stand-in forks a child and a grandchild, then hangs itself.
+    let bin = script(
+        dir.path(),
+        "qemu",
+        &format!(
+            "echo $$ >> {p}\n\
+             sleep 600 & echo $! >> {p}\n\
+             sh -c 'sleep 600 & echo $! >> {p}; wait' &\n\
+             echo $! >> {p}\n\
+             echo 'still starting' >&2\n\
+             exec sleep 600"
+        ),
+    );
+    let e = probe_with_timeout(&bin, Duration::from_millis(700)).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, ProbeError::Exec(qcapsd::qemu::ExecError::Timeout { .. })), "{msg}");
+    assert!(msg.contains("no answer within 0.7s, killed"), "{msg}");
+    assert!(msg.contains("still starting"), "stderr is in the error: {msg}");
+    assert_eq!(read_pids(&pids).len(), 4);
+    assert_all_gone(&pids);
+}
+
+#[tokio::test]
+async fn stdout_flood_without_newline_hits_the_message_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let bin = script(
+        dir.path(),
+        "qemu",
+        &format!(
+            "echo $$ > {p}\n(yes 'stderr noise' >&2) &\necho $! >> {p}\nexec tr -d '\\n' < /dev/zero",
+            p = pids.display()
+        ),
+    );
+    let e = probe_err(&bin).await;
+    assert!(e.contains("QMP message larger than"), "{e}");
+    assert!(e.contains("stderr noise"), "{e}");
+    assert!(e.len() < 4000, "the error stays short: {} bytes", e.len());
+    assert_all_gone(&pids);
+}
+
+#[tokio::test]
+async fn stdout_flood_of_lines_is_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let bin = script(
+        dir.path(),
+        "qemu",
+        &format!("echo $$ > {p}\necho '{GREETING}'\nexec yes 'lorem ipsum'", p = pids.display()),
+    );
+    let e = probe_err(&bin).await;
+    assert!(e.contains("not QMP: \"lorem ipsum\""), "{e}");
+    assert_all_gone(&pids);
+}
+
+#[tokio::test]
+async fn cancelling_a_probe_kills_the_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let bin = script(dir.path(), "qemu", &format!("echo $$ > {p}\nexec sleep 600", p = pids.display()));
+    let cancel = CancellationToken::new();
+    let req = ProbeRequest::new("hung");
+    let counter = ExecCounter::default();
+    let probing = probe(&bin, &req, &counter, &cancel);
+    let trigger = async {
+        while read_pids(&pids).is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cancel.cancel();
+    };
+    let (r, ()) = tokio::join!(probing, trigger);
+    assert!(r.unwrap_err().to_string().ends_with("probe cancelled"));
+    assert_all_gone(&pids);
+}
+
+#[tokio::test]
+async fn dropping_a_probe_future_kills_the_emulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let bin = script(dir.path(), "qemu", &format!("echo $$ > {p}\nexec sleep 600", p = pids.display()));
+    let req = ProbeRequest::new("hung");
+    let counter = ExecCounter::default();
+    let cancel = CancellationToken::new();
+    tokio::select! {
+        _ = probe(&bin, &req, &counter, &cancel) => panic!("the stand-in never answers"),
+        () = async { while read_pids(&pids).is_empty() { tokio::time::sleep(Duration::from_millis(5)).await } } => {}
+    }
+    assert_all_gone(&pids);
+}
+
+#[test]
+fn cli_error_is_one_line_with_exit_code_1() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+        .args(["probe", "/nonexistent/qemu"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "qcapsd: probe failed: /nonexistent/qemu: no such file\n"
+    );
+}
+
+#[test]
+fn cli_bad_usage_exits_64() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+        .args(["probe", "/x", "--accel", "hvf"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn cli_probe_of_a_replay_prints_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = common::replies_dir().join("caps_8.2.0_aarch64.replies");
+    let bin = common::replay_emulator(dir.path(), "qemu-system-aarch64", &t);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+        .args(["probe", bin.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["emulator"]["name"], "qemu-system-aarch64");
+    assert_eq!(doc["qemu"]["version"], "8.2.0");
+}
