@@ -11,5 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
+pub mod config;
 pub mod qemu;
 pub mod timefmt;

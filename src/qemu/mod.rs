@@ -5,6 +5,7 @@
 
 pub mod caps;
 pub mod exec;
+pub mod fingerprint;
 pub mod parse;
 pub mod probe;
 pub mod qmp;

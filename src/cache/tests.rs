@@ -1,0 +1,298 @@
+//! The cache's contract, with an in-memory handler whose "source" is a
+//! version number per key and whose refreshes are counted.
+
+use super::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+#[derive(Default)]
+struct Fake {
+    /// key → version of the source; `None` = missing.
+    sources: Mutex<HashMap<String, Option<u64>>>,
+    refreshes: AtomicUsize,
+    fail: AtomicBool,
+    /// When set, refreshes wait for a permit here (to hold a flight open).
+    gate: Mutex<Option<Arc<Semaphore>>>,
+}
+
+impl Fake {
+    fn set(&self, key: &str, v: Option<u64>) {
+        self.sources.lock().unwrap().insert(key.to_owned(), v);
+    }
+    fn count(&self) -> usize {
+        self.refreshes.load(Ordering::SeqCst)
+    }
+}
+
+impl Handler for Fake {
+    type Data = (u64, String);
+    type Stamp = u64;
+    type Error = String;
+
+    fn stamp(&self, key: &str) -> Option<u64> {
+        self.sources.lock().unwrap().get(key).copied().flatten()
+    }
+    fn data_stamp<'a>(&self, d: &'a (u64, String)) -> &'a u64 {
+        &d.0
+    }
+    fn why_changed(&self, _: &u64, _: &u64) -> &'static str {
+        "binary_changed"
+    }
+    async fn new_data(&self, key: &str, stamp: u64, _cancel: CancellationToken) -> Result<(u64, String), String> {
+        self.refreshes.fetch_add(1, Ordering::SeqCst);
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(g) = gate {
+            let _ = g.acquire().await.map(|p| p.forget());
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(format!("{key}: probe failed"));
+        }
+        Ok((stamp, format!("{key}@{stamp}")))
+    }
+    fn load_file(&self, _key: &str, bytes: &[u8]) -> Result<(u64, String), String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+        let (v, s) = text.split_once(' ').ok_or("no space")?;
+        Ok((v.parse().map_err(|_| "bad version")?, s.to_owned()))
+    }
+    fn save_file(&self, _key: &str, d: &(u64, String)) -> Result<Vec<u8>, String> {
+        Ok(format!("{} {}", d.0, d.1).into_bytes())
+    }
+}
+
+fn cache_in(dir: &std::path::Path, keys: &[&str]) -> (Arc<Cache<Fake>>, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    for k in keys {
+        fake.set(k, Some(1));
+    }
+    let c = Cache::new(Arc::clone(&fake), Store::new(dir), 2, Backoff::default(), Arc::new(NoObserver));
+    c.set_keys(&keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>());
+    (c, fake)
+}
+
+#[tokio::test]
+async fn steady_state_refreshes_once_then_only_hits() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    let first = c.lookup("a").await.unwrap();
+    assert!(!first.hit);
+    for _ in 0..1000 {
+        let a = c.lookup("a").await.unwrap();
+        assert!(a.hit && !a.stale);
+        assert_eq!(a.data.1, "a@1");
+    }
+    assert_eq!(fake.count(), 1);
+}
+
+#[tokio::test]
+async fn changed_source_is_refreshed_exactly_once_and_served_new() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a", "b"]);
+    c.lookup("a").await.unwrap();
+    c.lookup("b").await.unwrap();
+    fake.set("a", Some(2));
+    assert_eq!(c.lookup("a").await.unwrap().data.1, "a@2");
+    assert_eq!(c.lookup("a").await.unwrap().data.1, "a@2");
+    c.revalidate_all().await;
+    assert_eq!(fake.count(), 3, "a twice, b once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_share_one_refresh() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    c.lookup("a").await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.gate.lock().unwrap() = Some(Arc::clone(&gate));
+    fake.set("a", Some(2));
+    let lookups: Vec<_> = (0..200)
+        .map(|_| {
+            let c = Arc::clone(&c);
+            tokio::spawn(async move { c.lookup("a").await.map(|a| a.data.1.clone()) })
+        })
+        .collect();
+    // Let every lookup reach the flight, then release the one refresh.
+    while fake.count() < 2 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(1000);
+    for l in lookups {
+        assert_eq!(l.await.unwrap().unwrap(), "a@2");
+    }
+    assert_eq!(fake.count(), 2, "one initial refresh and one for the change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_refresh_does_not_block_other_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a", "b"]);
+    c.lookup("b").await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.gate.lock().unwrap() = Some(Arc::clone(&gate));
+    let slow = tokio::spawn({
+        let c = Arc::clone(&c);
+        async move { c.lookup("a").await.map(|_| ()) }
+    });
+    while fake.count() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // "a" is stuck in its refresh; "b" still answers from memory.
+    let b = c.lookup("b").await.unwrap();
+    assert!(b.hit);
+    assert_eq!(c.status("a").unwrap().state, State::Probing);
+    gate.add_permits(10);
+    slow.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_and_keep_the_last_good_data() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    c.lookup("a").await.unwrap();
+    fake.fail.store(true, Ordering::SeqCst);
+    fake.set("a", Some(2));
+    let e = c.lookup("a").await.unwrap_err();
+    assert_eq!(e, LookupError::Failed(Arc::from("a: probe failed")));
+    // Within the backoff, lookups and passes cause no refresh: stale data.
+    for _ in 0..100 {
+        let a = c.lookup("a").await.unwrap();
+        assert!(a.stale && !a.hit);
+        assert_eq!(a.data.1, "a@1");
+        c.revalidate_all().await;
+    }
+    assert_eq!(fake.count(), 2);
+    let s = c.status("a").unwrap();
+    assert_eq!((s.state, s.failures), (State::Failed, 1));
+    // After the backoff one retry, which fails again and doubles the wait.
+    tokio::time::advance(Backoff::default().delay(1)).await;
+    c.revalidate_all().await;
+    assert_eq!(fake.count(), 3);
+    tokio::time::advance(Backoff::default().delay(1)).await;
+    c.revalidate_all().await;
+    assert_eq!(fake.count(), 3, "second delay is twice the first");
+    tokio::time::advance(Backoff::default().delay(1)).await;
+    fake.fail.store(false, Ordering::SeqCst);
+    c.revalidate_all().await;
+    assert_eq!(fake.count(), 4);
+    let a = c.lookup("a").await.unwrap();
+    assert!(a.hit && !a.stale);
+    assert_eq!(a.data.1, "a@2");
+}
+
+#[tokio::test]
+async fn missing_source_then_back() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    c.lookup("a").await.unwrap();
+    fake.set("a", None);
+    assert_eq!(c.lookup("a").await.unwrap_err(), LookupError::Missing);
+    c.revalidate_all().await;
+    assert_eq!(c.status("a").unwrap().state, State::Missing);
+    assert!(c.ready(), "missing is an answer");
+    fake.set("a", Some(5));
+    c.revalidate_all().await;
+    assert_eq!(fake.count(), 2);
+    assert_eq!(c.lookup("a").await.unwrap().data.1, "a@5");
+}
+
+#[tokio::test]
+async fn unknown_key() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _) = cache_in(d.path(), &["a"]);
+    assert_eq!(c.lookup("zz").await.unwrap_err(), LookupError::Unknown);
+}
+
+#[tokio::test]
+async fn restart_serves_valid_files_without_refresh() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let (c, _) = cache_in(d.path(), &["a", "b"]);
+        c.revalidate_all().await;
+    }
+    let (c, fake) = cache_in(d.path(), &["a", "b"]);
+    assert!(c.load_from_disk("a") && c.load_from_disk("b"));
+    assert!(c.ready());
+    c.revalidate_all().await;
+    assert!(c.lookup("a").await.unwrap().hit);
+    assert_eq!(fake.count(), 0);
+}
+
+#[tokio::test]
+async fn corrupt_truncated_and_outdated_files_are_discarded() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::new(d.path());
+    store.write("a", b"\xff\xfe garbage").unwrap();
+    store.write("b", b"1").unwrap(); // truncated: no data part
+    store.write("c", b"7 c@7").unwrap(); // sound, but the source is now 1
+    let (c, fake) = cache_in(d.path(), &["a", "b", "c"]);
+    for k in ["a", "b", "c"] {
+        assert!(!c.load_from_disk(k), "{k} must not be served");
+        assert!(store.read(k).unwrap().is_none(), "{k}'s file is removed");
+    }
+    c.revalidate_all().await;
+    assert_eq!(fake.count(), 3);
+    assert_eq!(c.lookup("c").await.unwrap().data.1, "c@1");
+    assert_eq!(store.read("c").unwrap().as_deref(), Some(&b"1 c@1"[..]));
+}
+
+#[tokio::test]
+async fn unwritable_directory_keeps_serving_and_retries_the_write() {
+    let d = tempfile::tempdir().unwrap();
+    let blocker = d.path().join("cache");
+    std::fs::write(&blocker, "a file where the directory should be").unwrap();
+    let (c, fake) = cache_in(&blocker, &["a"]);
+    assert_eq!(c.lookup("a").await.unwrap().data.1, "a@1");
+    assert!(c.lookup("a").await.unwrap().hit);
+    std::fs::remove_file(&blocker).unwrap();
+    c.revalidate_all().await;
+    assert_eq!(Store::new(&blocker).read("a").unwrap().as_deref(), Some(&b"1 a@1"[..]));
+    assert_eq!(fake.count(), 1);
+}
+
+#[tokio::test]
+async fn forced_refresh_joins_a_running_one() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    c.lookup("a").await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    *fake.gate.lock().unwrap() = Some(Arc::clone(&gate));
+    assert_eq!(c.force("a").unwrap(), State::Probing);
+    assert_eq!(c.force("a").unwrap(), State::Probing);
+    // The data is still valid: lookups meanwhile are hits.
+    assert!(c.lookup("a").await.unwrap().hit);
+    gate.add_permits(10);
+    c.settle("a").await;
+    assert_eq!(fake.count(), 2);
+}
+
+#[tokio::test]
+async fn shutdown_cancels_in_flight_refreshes() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    *fake.gate.lock().unwrap() = Some(Arc::new(Semaphore::new(0)));
+    let waiting = tokio::spawn({
+        let c = Arc::clone(&c);
+        async move { c.lookup("a").await.map(|_| ()) }
+    });
+    while fake.count() < 1 {
+        tokio::task::yield_now().await;
+    }
+    c.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(waiting.await.unwrap().unwrap_err(), LookupError::Cancelled);
+}
+
+#[tokio::test]
+async fn removed_keys_lose_their_files() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _) = cache_in(d.path(), &["a", "b"]);
+    c.revalidate_all().await;
+    assert_eq!(c.set_keys(&["b".to_owned(), "n".to_owned()]), ["n"]);
+    assert!(c.store().read("a").unwrap().is_none());
+    assert_eq!(c.keys(), ["b", "n"]);
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap() {
+    let b = Backoff { initial: Duration::from_secs(5), max: Duration::from_secs(60) };
+    let d: Vec<u64> = (1..=6).map(|n| b.delay(n).as_secs()).collect();
+    assert_eq!(d, [5, 10, 20, 40, 60, 60]);
+}
