@@ -16,9 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
-    let bin = PathBuf::from(std::env::var("QEMU_BIN").unwrap_or_else(|_| "/usr/bin/qemu-system-x86_64".into()));
+    let bin = PathBuf::from(
+        std::env::var("QEMU_BIN").unwrap_or_else(|_| "/usr/bin/qemu-system-x86_64".into()),
+    );
     if !bin.exists() {
-        eprintln!("probe bench: {} not found, nothing to measure", bin.display());
+        eprintln!(
+            "probe bench: {} not found, nothing to measure",
+            bin.display()
+        );
         return;
     }
     let iters: usize = match std::env::var("QCAPSD_BENCH_ITERS") {
@@ -37,7 +42,9 @@ fn main() {
     let mut summary = String::new();
     for i in 0..iters {
         let t = Instant::now();
-        let (caps, _) = rt.block_on(probe(&bin, &req, &counter, &cancel)).expect("probe");
+        let (caps, _) = rt
+            .block_on(probe(&bin, &req, &counter, &cancel))
+            .expect("probe");
         probes.push(t.elapsed());
         if i == 0 {
             summary = format!(
@@ -63,12 +70,18 @@ fn main() {
         helps.push(t.elapsed());
     }
     assert_eq!(counter.get(), iters as u64, "one exec per probe");
-    println!("probe bench: {} ({iters} iterations, interleaved)", bin.display());
+    println!(
+        "probe bench: {} ({iters} iterations, interleaved)",
+        bin.display()
+    );
     println!("  probe collects: {summary}");
     report("qcapsd probe (1 exec)", &mut probes);
     report("-cpu help + -help + -device help (3 execs)", &mut helps);
     let (p, h) = (median(&probes), median(&helps));
-    println!("  ratio probe / three help execs (medians): {:.2}", p.as_secs_f64() / h.as_secs_f64());
+    println!(
+        "  ratio probe / three help execs (medians): {:.2}",
+        p.as_secs_f64() / h.as_secs_f64()
+    );
 }
 
 fn median(v: &[Duration]) -> Duration {

@@ -86,13 +86,16 @@ impl Default for HttpLimits {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9733))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9733))),
             metrics_listen: None,
             unix_socket: None,
             cache_dir: AbsPath(default_cache_dir()),
             revalidate_interval: Period(DEFAULT_REVALIDATE_INTERVAL),
             probe_timeout: Period(DEFAULT_PROBE_TIMEOUT),
-            probe_concurrency: NonZeroUsize::new(DEFAULT_PROBE_CONCURRENCY).unwrap_or(NonZeroUsize::MIN),
+            probe_concurrency: NonZeroUsize::new(DEFAULT_PROBE_CONCURRENCY)
+                .unwrap_or(NonZeroUsize::MIN),
             emulators: None,
             device_properties: DEFAULT_DEVICES.iter().map(|s| (*s).to_owned()).collect(),
             host_root: AbsPath(PathBuf::from("/")),
@@ -144,14 +147,18 @@ impl<'de> Deserialize<'de> for EmulatorEntry {
             }
             (None, Some(g), None) => {
                 if !g.starts_with('/') {
-                    return Err(de::Error::custom(format!("glob '{g}' must be an absolute path pattern")));
+                    return Err(de::Error::custom(format!(
+                        "glob '{g}' must be an absolute path pattern"
+                    )));
                 }
                 Ok(EmulatorEntry::Glob(g))
             }
             (None, Some(_), Some(_)) => Err(de::Error::custom(
                 "'name' goes with 'path', not 'glob' (a glob's emulators are named by file name)",
             )),
-            (Some(_), Some(_), _) => Err(de::Error::custom("an entry has either 'path' or 'glob', not both")),
+            (Some(_), Some(_), _) => Err(de::Error::custom(
+                "an entry has either 'path' or 'glob', not both",
+            )),
             (None, None, _) => Err(de::Error::custom("an entry needs 'path' or 'glob'")),
         }
     }
@@ -161,7 +168,8 @@ impl<'de> Deserialize<'de> for EmulatorEntry {
 fn validate_name(n: &str) -> Result<(), String> {
     let ok = !n.is_empty()
         && n.len() <= 64
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && !n.starts_with('.');
     if ok {
         Ok(())
@@ -276,7 +284,9 @@ impl Config {
                 if seen.insert(n.clone(), ()).is_some() {
                     return Err(format!(
                         "emulators: duplicate name '{n}'{}",
-                        line_of_second(text, &n).map(|l| format!(" at line {l}")).unwrap_or_default()
+                        line_of_second(text, &n)
+                            .map(|l| format!(" at line {l}"))
+                            .unwrap_or_default()
                     ));
                 }
             }
@@ -455,7 +465,9 @@ fn drop_aliases(mut v: Vec<PathBuf>) -> Vec<PathBuf> {
         .filter(|p| !is_link(p))
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .collect();
-    v.retain(|p| !is_link(p) || std::fs::canonicalize(p).map_or(true, |t| !real_targets.contains(&t)));
+    v.retain(|p| {
+        !is_link(p) || std::fs::canonicalize(p).map_or(true, |t| !real_targets.contains(&t))
+    });
     v
 }
 
@@ -468,7 +480,11 @@ fn is_executable_file(p: &Path) -> bool {
 /// in /usr/libexec.
 pub fn discover() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).filter(|d| d.is_absolute()).collect())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .filter(|d| d.is_absolute())
+                .collect()
+        })
         .unwrap_or_default();
     dirs.extend(DISCOVERY_EXTRA_DIRS.iter().map(PathBuf::from));
     let mut out = Vec::new();
@@ -536,7 +552,10 @@ mod tests {
         assert_eq!(c.http.max_connections.get(), 8);
         assert_eq!(
             c.emulators.unwrap()[0],
-            EmulatorEntry::Path { path: "/usr/bin/qemu-system-x86_64".into(), name: Some("x86_64".into()) }
+            EmulatorEntry::Path {
+                path: "/usr/bin/qemu-system-x86_64".into(),
+                name: Some("x86_64".into())
+            }
         );
     }
 
@@ -549,7 +568,10 @@ mod tests {
     #[test]
     fn bad_duration_names_line() {
         let e = Config::parse("probe_timeout: 30\n").unwrap_err();
-        assert!(e.contains("bad duration '30'") && e.contains("line 1"), "{e}");
+        assert!(
+            e.contains("bad duration '30'") && e.contains("line 1"),
+            "{e}"
+        );
         let e = Config::parse("cache_dir: /x\nrevalidate_interval: 0s\n").unwrap_err();
         assert!(e.contains("more than zero") && e.contains("line 2"), "{e}");
     }
@@ -557,9 +579,15 @@ mod tests {
     #[test]
     fn relative_paths_are_refused() {
         let e = Config::parse("cache_dir: cache\n").unwrap_err();
-        assert!(e.contains("must be absolute") && e.contains("line 1"), "{e}");
+        assert!(
+            e.contains("must be absolute") && e.contains("line 1"),
+            "{e}"
+        );
         let e = Config::parse("emulators:\n  - path: qemu-system-x86_64\n").unwrap_err();
-        assert!(e.contains("must be absolute") && e.contains("line 2"), "{e}");
+        assert!(
+            e.contains("must be absolute") && e.contains("line 2"),
+            "{e}"
+        );
         let e = Config::parse("emulators:\n  - glob: qemu-*\n").unwrap_err();
         assert!(e.contains("absolute"), "{e}");
     }
@@ -570,22 +598,42 @@ mod tests {
             "emulators:\n  - path: /a/qemu-system-x86_64\n  - path: /b/qemu-system-x86_64\n",
         )
         .unwrap_err();
-        assert_eq!(e, "emulators: duplicate name 'qemu-system-x86_64' at line 3");
-        let e = Config::parse("emulators:\n  - path: /a/q\n    name: x\n  - path: /b/r\n    name: x\n").unwrap_err();
+        assert_eq!(
+            e,
+            "emulators: duplicate name 'qemu-system-x86_64' at line 3"
+        );
+        let e =
+            Config::parse("emulators:\n  - path: /a/q\n    name: x\n  - path: /b/r\n    name: x\n")
+                .unwrap_err();
         assert_eq!(e, "emulators: duplicate name 'x' at line 5");
     }
 
     #[test]
     fn entry_needs_exactly_one_of_path_and_glob() {
-        assert!(Config::parse("emulators:\n  - name: x\n").unwrap_err().contains("needs 'path' or 'glob'"));
-        assert!(Config::parse("emulators:\n  - path: /a\n    glob: /b*\n").unwrap_err().contains("not both"));
-        assert!(Config::parse("emulators:\n  - path: /a\n    name: ../etc\n").unwrap_err().contains("name '../etc'"));
+        assert!(
+            Config::parse("emulators:\n  - name: x\n")
+                .unwrap_err()
+                .contains("needs 'path' or 'glob'")
+        );
+        assert!(
+            Config::parse("emulators:\n  - path: /a\n    glob: /b*\n")
+                .unwrap_err()
+                .contains("not both")
+        );
+        assert!(
+            Config::parse("emulators:\n  - path: /a\n    name: ../etc\n")
+                .unwrap_err()
+                .contains("name '../etc'")
+        );
     }
 
     #[test]
     fn zero_concurrency_is_refused() {
         let e = Config::parse("probe_concurrency: 0\n").unwrap_err();
-        assert!(e.contains("probe_concurrency") || e.contains("line 1"), "{e}");
+        assert!(
+            e.contains("probe_concurrency") || e.contains("line 1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -607,9 +655,13 @@ mod tests {
             std::fs::write(&p, "").unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        std::os::unix::fs::symlink("qemu-system-x86_64", d.path().join("qemu-system-amd64")).unwrap();
+        std::os::unix::fs::symlink("qemu-system-x86_64", d.path().join("qemu-system-amd64"))
+            .unwrap();
         std::fs::write(d.path().join("qemu-system-notes"), "").unwrap(); // not executable
-        let yaml = format!("emulators:\n  - glob: {}/qemu-system-*\n", d.path().display());
+        let yaml = format!(
+            "emulators:\n  - glob: {}/qemu-system-*\n",
+            d.path().display()
+        );
         let names: Vec<_> = Config::parse(&yaml)
             .unwrap()
             .emulators()

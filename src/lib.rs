@@ -11,7 +11,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod api;
 pub mod cache;
+pub mod client;
 pub mod config;
+pub mod daemon;
+pub mod emulators;
+pub mod metrics;
 pub mod qemu;
+pub mod revalidate;
 pub mod timefmt;

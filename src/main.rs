@@ -4,12 +4,18 @@
 
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use qcapsd::client::{self, QueryError, Target, What};
+use qcapsd::config::Config;
+use qcapsd::daemon;
 use qcapsd::qemu::{self, Accel, ExecCounter, ProbeRequest};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+const EXIT_USAGE: u8 = 64;
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(
@@ -22,8 +28,23 @@ struct Cli {
     command: Option<Command>,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent (the default command).
+    Run {
+        /// YAML config; without it, the embedded default (discovery).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log format on stderr. RUST_LOG sets the level (default info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+    },
     /// Probe one emulator once and print its capabilities JSON on stdout.
     Probe {
         /// Path of the QEMU binary.
@@ -35,9 +56,25 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Ask a running agent.
+    Query {
+        /// Agent address (default http://127.0.0.1:9733, or $QCAPSD_ADDR).
+        #[arg(long, conflicts_with = "socket")]
+        addr: Option<String>,
+        /// The agent's unix socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// An emulator name (see `qcapsd query`).
+        emulator: Option<String>,
+        /// machines | cpu-models | devices | commands | DEVICE
+        part: Option<String>,
+        /// Print the JSON as served.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file and say what it would do.
+    CheckConfig { file: PathBuf },
 }
-
-const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -58,15 +95,61 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match cli.command {
-        Some(Command::Probe {
+    let command = cli.command.unwrap_or(Command::Run {
+        config: None,
+        log_format: LogFormat::Human,
+    });
+    match command {
+        Command::Run { config, log_format } => run(&runtime, config, log_format),
+        Command::Probe {
             path,
             accel,
             timeout,
-        }) => runtime.block_on(probe(path, accel, timeout)),
-        None => {
-            eprintln!("qcapsd: the agent is not built yet; use `qcapsd probe PATH`");
+        } => runtime.block_on(probe(path, accel, timeout)),
+        Command::Query {
+            addr,
+            socket,
+            emulator,
+            part,
+            json,
+        } => runtime.block_on(query(addr, socket, What::from_args(emulator, part), json)),
+        Command::CheckConfig { file } => check_config(&file),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(runtime: &tokio::runtime::Runtime, config: Option<PathBuf>, format: LogFormat) -> ExitCode {
+    init_logging(format);
+    let cfg = match &config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("qcapsd: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => Config::default(),
+    };
+    match runtime.block_on(daemon::run(cfg, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ daemon::DaemonError::Config(_)) => {
+            eprintln!("qcapsd: {e}");
             ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("qcapsd: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -78,10 +161,16 @@ async fn probe(path: PathBuf, accel: Accel, timeout: u64) -> ExitCode {
         .unwrap_or_else(|| path.display().to_string());
     let mut req = ProbeRequest::new(name);
     req.accel = accel;
-    req.timeout = Duration::from_secs(timeout);
+    req.timeout = Duration::from_secs(timeout.max(1));
     let cancel = CancellationToken::new();
     match qemu::probe(&path, &req, &ExecCounter::default(), &cancel).await {
-        Ok((caps, _)) => print_json(&caps),
+        Ok((caps, _)) => print_bytes(&match serde_json::to_vec_pretty(&caps) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("qcapsd: cannot serialize the capabilities: {e}");
+                return ExitCode::from(1);
+            }
+        }),
         Err(e) => {
             eprintln!("qcapsd: probe failed: {e}");
             ExitCode::from(1)
@@ -89,16 +178,97 @@ async fn probe(path: PathBuf, accel: Accel, timeout: u64) -> ExitCode {
     }
 }
 
-/// Prints `value` as pretty JSON on stdout. A closed pipe (`| head`) ends
-/// quietly; other write errors are reported.
-fn print_json(value: &impl serde::Serialize) -> ExitCode {
+async fn query(addr: Option<String>, socket: Option<PathBuf>, what: What, json: bool) -> ExitCode {
+    let target = match (socket, addr.or_else(|| std::env::var("QCAPSD_ADDR").ok())) {
+        (Some(s), _) => Target::Unix(s),
+        (None, Some(a)) => match Target::from_addr(&a) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("qcapsd: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (None, None) => Target::Tcp {
+            authority: qcapsd::config::DEFAULT_LISTEN.to_owned(),
+        },
+    };
+    let result = match client::get(&target, &what.path()).await {
+        Ok(body) if json => Ok(body.to_vec()),
+        Ok(body) => client::render(&what, &body).map(String::into_bytes),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(mut out) => {
+            if json && !out.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+            print_bytes(&out)
+        }
+        Err(e @ QueryError::Unreachable { .. }) => {
+            eprintln!("qcapsd: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        Err(e) => {
+            eprintln!("qcapsd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("qcapsd: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let emulators = match cfg.emulators() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("qcapsd: {}: {e}", file.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut out = format!("{}: ok\n", file.display());
+    out += &format!("listen: {}\n", cfg.listen);
+    if let Some(m) = cfg.metrics_listen {
+        out += &format!("metrics_listen: {m}\n");
+    }
+    if let Some(s) = &cfg.unix_socket {
+        out += &format!("unix_socket: {} (mode 0660)\n", s.display());
+    }
+    out += &format!("cache_dir: {}\n", cfg.cache_dir.display());
+    out += &format!(
+        "revalidate every {:?}, probe timeout {:?}, at most {} probe(s) at once\n",
+        *cfg.revalidate_interval, *cfg.probe_timeout, cfg.probe_concurrency
+    );
+    out += &format!(
+        "device properties read for {} device type(s)\n",
+        cfg.device_properties.len()
+    );
+    out += &format!("{} emulator(s):\n", emulators.len());
+    for e in &emulators {
+        let note = if e.path.exists() {
+            ""
+        } else {
+            "  (missing now)"
+        };
+        out += &format!("  {}  {}{note}\n", e.name, e.path.display());
+    }
+    print_bytes(out.as_bytes())
+}
+
+/// Writes to stdout. A closed pipe (`| head`) ends quietly; other write
+/// errors are reported.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let written = serde_json::to_writer_pretty(&mut out, value)
-        .map_err(std::io::Error::from)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
-    match written {
+    let mut written = out.write_all(bytes);
+    if written.is_ok() && !bytes.ends_with(b"\n") {
+        written = out.write_all(b"\n");
+    }
+    match written.and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {

@@ -152,6 +152,8 @@ impl Backoff {
 }
 
 type Outcome<D> = Result<Arc<D>, LookupError>;
+/// The receiving end of a refresh's outcome.
+type FlightRx<D> = watch::Receiver<Option<Outcome<D>>>;
 
 /// How long a cancelled refresh may take to stop by itself.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
@@ -169,7 +171,8 @@ struct Failure<S> {
 struct Slot<H: Handler> {
     /// The last good data (stale while `failure` is set).
     data: Option<Arc<H::Data>>,
-    flight: Option<(watch::Receiver<Option<Outcome<H::Data>>>, &'static str)>,
+    /// The in-flight refresh (its outcome channel and reason), if any.
+    flight: Option<(FlightRx<H::Data>, &'static str)>,
     failure: Option<Failure<H::Stamp>>,
     missing: bool,
     /// The last write of `data` to disk failed; the revalidator retries it.
@@ -268,7 +271,11 @@ impl<H: Handler> Cache<H> {
                     added.push(k.clone());
                 }
             }
-            let gone: Vec<String> = slots.keys().filter(|k| !keys.contains(k)).cloned().collect();
+            let gone: Vec<String> = slots
+                .keys()
+                .filter(|k| !keys.contains(k))
+                .cloned()
+                .collect();
             for k in &gone {
                 slots.remove(k);
             }
@@ -419,7 +426,7 @@ impl<H: Handler> Cache<H> {
         slot: &mut Slot<H>,
         stamp: H::Stamp,
         reason: &'static str,
-    ) -> watch::Receiver<Option<Outcome<H::Data>>> {
+    ) -> FlightRx<H::Data> {
         let (tx, rx) = watch::channel(None);
         slot.flight = Some((rx.clone(), reason));
         let cache = Arc::clone(self);
@@ -550,7 +557,10 @@ impl<H: Handler> Cache<H> {
 
     /// Waits for `key`'s in-flight refresh, if any.
     pub async fn settle(&self, key: &str) {
-        let rx = self.lock().get(key).and_then(|s| s.flight.as_ref().map(|f| f.0.clone()));
+        let rx = self
+            .lock()
+            .get(key)
+            .and_then(|s| s.flight.as_ref().map(|f| f.0.clone()));
         if let Some(mut rx) = rx {
             let _ = wait(&mut rx).await;
         }
@@ -567,7 +577,9 @@ impl<H: Handler> Cache<H> {
             let now = self.handler.stamp(&key);
             let rx = {
                 let mut slots = self.lock();
-                let Some(slot) = slots.get_mut(&key) else { continue };
+                let Some(slot) = slots.get_mut(&key) else {
+                    continue;
+                };
                 if slot.flight.is_some() {
                     slot.flight.as_ref().map(|f| f.0.clone())
                 } else {
@@ -593,7 +605,12 @@ impl<H: Handler> Cache<H> {
         }
     }
 
-    fn decide(&self, key: &str, slot: &mut Slot<H>, now: Option<H::Stamp>) -> (Decision, Option<H::Stamp>) {
+    fn decide(
+        &self,
+        key: &str,
+        slot: &mut Slot<H>,
+        now: Option<H::Stamp>,
+    ) -> (Decision, Option<H::Stamp>) {
         let Some(now) = now else {
             if !slot.missing {
                 slot.missing = true;
@@ -615,7 +632,10 @@ impl<H: Handler> Cache<H> {
 
     /// The earliest time a failed key may be retried, if any.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.lock().values().filter_map(|s| s.failure.as_ref().map(|f| f.retry_at)).min()
+        self.lock()
+            .values()
+            .filter_map(|s| s.failure.as_ref().map(|f| f.retry_at))
+            .min()
     }
 
     /// Whether every key has an answer: data, a failure, or missing.
@@ -653,13 +673,16 @@ impl<H: Handler> Cache<H> {
     pub async fn shutdown(&self, grace: Duration) {
         self.cancel.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("in-flight probes did not stop within {grace:?}");
         }
     }
 }
 
-async fn wait<D>(rx: &mut watch::Receiver<Option<Outcome<D>>>) -> Outcome<D> {
+async fn wait<D>(rx: &mut FlightRx<D>) -> Outcome<D> {
     match rx.wait_for(Option::is_some).await {
         Ok(v) => v.clone().unwrap_or(Err(LookupError::Cancelled)),
         Err(_) => Err(LookupError::Cancelled),

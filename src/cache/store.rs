@@ -30,9 +30,16 @@ impl Store {
     pub fn path(&self, key: &str) -> PathBuf {
         let safe: String = key
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
-        self.dir.join(format!("{}.json", safe.trim_start_matches('.')))
+        self.dir
+            .join(format!("{}.json", safe.trim_start_matches('.')))
     }
 
     /// The file's bytes, `None` if there is none.
@@ -45,7 +52,9 @@ impl Store {
         };
         let len = f.metadata()?.len();
         if len > MAX_FILE_BYTES {
-            return Err(std::io::Error::other(format!("{len} bytes, more than {MAX_FILE_BYTES}")));
+            return Err(std::io::Error::other(format!(
+                "{len} bytes, more than {MAX_FILE_BYTES}"
+            )));
         }
         let mut buf = Vec::with_capacity(len as usize);
         std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES), &mut buf)?;
@@ -55,7 +64,9 @@ impl Store {
     /// Replaces the file of `key` with `bytes`, atomically and durably.
     pub fn write(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&self.dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&self.dir)?;
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
         tmp.persist(self.path(key)).map_err(|e| e.error)?;
@@ -69,7 +80,9 @@ impl Store {
 
     /// Removes temporary files a crash left behind; returns how many.
     pub fn sweep_temp_files(&self) -> usize {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return 0 };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
         rd.filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
             .filter(|e| std::fs::remove_file(e.path()).is_ok())
@@ -89,14 +102,20 @@ mod tests {
         s.write("x86_64", b"one").unwrap();
         s.write("x86_64", b"two").unwrap();
         assert_eq!(s.read("x86_64").unwrap().as_deref(), Some(&b"two"[..]));
-        let names: Vec<_> = std::fs::read_dir(s.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(s.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["x86_64.json"], "no temporary file remains");
     }
 
     #[test]
     fn keys_cannot_escape_the_directory() {
         let s = Store::new("/var/cache/qcapsd");
-        assert_eq!(s.path("../../etc/passwd"), Path::new("/var/cache/qcapsd/_.._etc_passwd.json"));
+        assert_eq!(
+            s.path("../../etc/passwd"),
+            Path::new("/var/cache/qcapsd/_.._etc_passwd.json")
+        );
         assert_eq!(s.path("a/b"), Path::new("/var/cache/qcapsd/a_b.json"));
     }
 

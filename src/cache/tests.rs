@@ -37,7 +37,12 @@ impl Handler for Fake {
     fn why_changed(&self, _: &u64, _: &u64) -> &'static str {
         "binary_changed"
     }
-    async fn new_data(&self, key: &str, stamp: u64, _cancel: CancellationToken) -> Result<(u64, String), String> {
+    async fn new_data(
+        &self,
+        key: &str,
+        stamp: u64,
+        _cancel: CancellationToken,
+    ) -> Result<(u64, String), String> {
         self.refreshes.fetch_add(1, Ordering::SeqCst);
         let gate = self.gate.lock().unwrap().clone();
         if let Some(g) = gate {
@@ -63,7 +68,13 @@ fn cache_in(dir: &std::path::Path, keys: &[&str]) -> (Arc<Cache<Fake>>, Arc<Fake
     for k in keys {
         fake.set(k, Some(1));
     }
-    let c = Cache::new(Arc::clone(&fake), Store::new(dir), 2, Backoff::default(), Arc::new(NoObserver));
+    let c = Cache::new(
+        Arc::clone(&fake),
+        Store::new(dir),
+        2,
+        Backoff::default(),
+        Arc::new(NoObserver),
+    );
     c.set_keys(&keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>());
     (c, fake)
 }
@@ -118,7 +129,11 @@ async fn concurrent_lookups_share_one_refresh() {
     for l in lookups {
         assert_eq!(l.await.unwrap().unwrap(), "a@2");
     }
-    assert_eq!(fake.count(), 2, "one initial refresh and one for the change");
+    assert_eq!(
+        fake.count(),
+        2,
+        "one initial refresh and one for the change"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +259,10 @@ async fn unwritable_directory_keeps_serving_and_retries_the_write() {
     assert!(c.lookup("a").await.unwrap().hit);
     std::fs::remove_file(&blocker).unwrap();
     c.revalidate_all().await;
-    assert_eq!(Store::new(&blocker).read("a").unwrap().as_deref(), Some(&b"1 a@1"[..]));
+    assert_eq!(
+        Store::new(&blocker).read("a").unwrap().as_deref(),
+        Some(&b"1 a@1"[..])
+    );
     assert_eq!(fake.count(), 1);
 }
 
@@ -292,7 +310,10 @@ async fn removed_keys_lose_their_files() {
 
 #[test]
 fn backoff_doubles_up_to_the_cap() {
-    let b = Backoff { initial: Duration::from_secs(5), max: Duration::from_secs(60) };
+    let b = Backoff {
+        initial: Duration::from_secs(5),
+        max: Duration::from_secs(60),
+    };
     let d: Vec<u64> = (1..=6).map(|n| b.delay(n).as_secs()).collect();
     assert_eq!(d, [5, 10, 20, 40, 60, 60]);
 }

@@ -103,7 +103,7 @@ impl Host {
     /// Whether `/dev/kvm` exists and this process may open it read-write.
     pub fn kvm_usable(&self) -> bool {
         use rustix::fs::{Access, access};
-        access(&self.path("/dev/kvm"), Access::READ_OK | Access::WRITE_OK).is_ok()
+        access(self.path("/dev/kvm"), Access::READ_OK | Access::WRITE_OK).is_ok()
     }
 
     /// Kernel release, CPU signature and microcode (reads two files).
@@ -186,7 +186,10 @@ mod tests {
     fn x86_signature_and_microcode_of_the_first_cpu() {
         assert_eq!(
             parse_cpuinfo(X86),
-            ("AuthenticAMD/25/17/1".to_owned(), Some("0x1000065".to_owned()))
+            (
+                "AuthenticAMD/25/17/1".to_owned(),
+                Some("0x1000065".to_owned())
+            )
         );
     }
 
@@ -207,7 +210,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("proc/sys/kernel")).unwrap();
         std::fs::create_dir_all(root.path().join("dev")).unwrap();
-        std::fs::write(root.path().join("proc/sys/kernel/osrelease"), "6.1.0-test\n").unwrap();
+        std::fs::write(
+            root.path().join("proc/sys/kernel/osrelease"),
+            "6.1.0-test\n",
+        )
+        .unwrap();
         std::fs::write(root.path().join("proc/cpuinfo"), X86).unwrap();
         let host = Host::new(root.path());
         assert!(!host.kvm_usable(), "no /dev/kvm in the fixture");
@@ -237,7 +244,10 @@ mod tests {
         assert_eq!(kvm.host.as_ref(), Some(&ctx));
         assert_eq!(Fingerprint::why_changed(&no_kvm, &kvm), "kvm_changed");
         let tcg = host.fingerprint(&bin, &[], Accel::Tcg, &ctx).unwrap();
-        assert!(tcg.host.is_none(), "a TCG probe does not depend on the host CPU");
+        assert!(
+            tcg.host.is_none(),
+            "a TCG probe does not depend on the host CPU"
+        );
     }
 
     #[test]
@@ -253,6 +263,9 @@ mod tests {
         std::fs::rename(&new, &bin).unwrap();
         let b = host.fingerprint(&bin, &[], Accel::Auto, &ctx).unwrap();
         assert_eq!(Fingerprint::why_changed(&a, &b), "binary_changed");
-        assert!(host.fingerprint(&d.path().join("gone"), &[], Accel::Auto, &ctx).is_err());
+        assert!(
+            host.fingerprint(&d.path().join("gone"), &[], Accel::Auto, &ctx)
+                .is_err()
+        );
     }
 }

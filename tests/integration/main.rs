@@ -2,6 +2,6 @@
 //! of behaviour; `common` hides the set-up.
 
 mod common;
-mod probe_replay;
 mod probe_faults;
 mod probe_real;
+mod probe_replay;

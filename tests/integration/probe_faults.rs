@@ -8,19 +8,26 @@ use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-const GREETING: &str =
-    r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 9}, "package": ""}, "capabilities": []}}"#;
+const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 9}, "package": ""}, "capabilities": []}}"#;
 
 async fn probe_with_timeout(bin: &Path, timeout: Duration) -> Result<(), ProbeError> {
     let mut req = ProbeRequest::new("faulty");
     req.timeout = timeout;
-    probe(bin, &req, &ExecCounter::default(), &CancellationToken::new())
-        .await
-        .map(|_| ())
+    probe(
+        bin,
+        &req,
+        &ExecCounter::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .map(|_| ())
 }
 
 async fn probe_err(bin: &Path) -> String {
-    probe_with_timeout(bin, Duration::from_secs(10)).await.unwrap_err().to_string()
+    probe_with_timeout(bin, Duration::from_secs(10))
+        .await
+        .unwrap_err()
+        .to_string()
 }
 
 fn assert_all_gone(pids_file: &Path) {
@@ -58,7 +65,11 @@ async fn non_executable_file_is_refused() {
 #[tokio::test]
 async fn emulator_that_exits_at_once_reports_its_stderr_and_status() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = script(dir.path(), "qemu", "echo 'qemu: -machine none: unsupported machine' >&2\nexit 3");
+    let bin = script(
+        dir.path(),
+        "qemu",
+        "echo 'qemu: -machine none: unsupported machine' >&2\nexit 3",
+    );
     let e = probe_err(&bin).await;
     assert!(e.contains("monitor closed"), "{e}");
     assert!(e.contains("exited with status 3"), "{e}");
@@ -73,10 +84,16 @@ async fn garbage_instead_of_qmp_is_an_error_and_the_process_is_killed() {
     let bin = script(
         dir.path(),
         "qemu",
-        &format!("echo $$ > {p}\necho 'Usage: qemu-system [options] [disk_image]'\nexec sleep 600", p = pids.display()),
+        &format!(
+            "echo $$ > {p}\necho 'Usage: qemu-system [options] [disk_image]'\nexec sleep 600",
+            p = pids.display()
+        ),
     );
     let e = probe_err(&bin).await;
-    assert!(e.contains("no QMP greeting") && e.contains("Usage: qemu-system"), "{e}");
+    assert!(
+        e.contains("no QMP greeting") && e.contains("Usage: qemu-system"),
+        "{e}"
+    );
     assert_all_gone(&pids);
 }
 
@@ -86,11 +103,19 @@ async fn monitor_closed_in_the_middle_names_the_command() {
     let bin = script(
         dir.path(),
         "qemu",
-        &format!("echo '{GREETING}'\nread line\necho '{{\"return\": {{}}, \"id\": \"qcapsd-1\"}}'\nread line\nexit 0"),
+        &format!(
+            "echo '{GREETING}'\nread line\necho '{{\"return\": {{}}, \"id\": \"qcapsd-1\"}}'\nread line\nexit 0"
+        ),
     );
     let e = probe_err(&bin).await;
-    assert!(e.contains("monitor closed") || e.contains("Broken pipe"), "{e}");
-    assert!(e.contains("query-version") || e.contains("Broken pipe"), "{e}");
+    assert!(
+        e.contains("monitor closed") || e.contains("Broken pipe"),
+        "{e}"
+    );
+    assert!(
+        e.contains("query-version") || e.contains("Broken pipe"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -111,11 +136,19 @@ async fn hang_is_killed_at_the_timeout_with_every_child() {
              exec sleep 600"
         ),
     );
-    let e = probe_with_timeout(&bin, Duration::from_millis(700)).await.unwrap_err();
+    let e = probe_with_timeout(&bin, Duration::from_millis(700))
+        .await
+        .unwrap_err();
     let msg = e.to_string();
-    assert!(matches!(e, ProbeError::Exec(qcapsd::qemu::ExecError::Timeout { .. })), "{msg}");
+    assert!(
+        matches!(e, ProbeError::Exec(qcapsd::qemu::ExecError::Timeout { .. })),
+        "{msg}"
+    );
     assert!(msg.contains("no answer within 0.7s, killed"), "{msg}");
-    assert!(msg.contains("still starting"), "stderr is in the error: {msg}");
+    assert!(
+        msg.contains("still starting"),
+        "stderr is in the error: {msg}"
+    );
     assert_eq!(read_pids(&pids).len(), 4);
     assert_all_gone(&pids);
 }
@@ -146,7 +179,10 @@ async fn stdout_flood_of_lines_is_garbage() {
     let bin = script(
         dir.path(),
         "qemu",
-        &format!("echo $$ > {p}\necho '{GREETING}'\nexec yes 'lorem ipsum'", p = pids.display()),
+        &format!(
+            "echo $$ > {p}\necho '{GREETING}'\nexec yes 'lorem ipsum'",
+            p = pids.display()
+        ),
     );
     let e = probe_err(&bin).await;
     assert!(e.contains("not QMP: \"lorem ipsum\""), "{e}");
@@ -157,7 +193,11 @@ async fn stdout_flood_of_lines_is_garbage() {
 async fn cancelling_a_probe_kills_the_emulator() {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
-    let bin = script(dir.path(), "qemu", &format!("echo $$ > {p}\nexec sleep 600", p = pids.display()));
+    let bin = script(
+        dir.path(),
+        "qemu",
+        &format!("echo $$ > {p}\nexec sleep 600", p = pids.display()),
+    );
     let cancel = CancellationToken::new();
     let req = ProbeRequest::new("hung");
     let counter = ExecCounter::default();
@@ -177,7 +217,11 @@ async fn cancelling_a_probe_kills_the_emulator() {
 async fn dropping_a_probe_future_kills_the_emulator() {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
-    let bin = script(dir.path(), "qemu", &format!("echo $$ > {p}\nexec sleep 600", p = pids.display()));
+    let bin = script(
+        dir.path(),
+        "qemu",
+        &format!("echo $$ > {p}\nexec sleep 600", p = pids.display()),
+    );
     let req = ProbeRequest::new("hung");
     let counter = ExecCounter::default();
     let cancel = CancellationToken::new();
@@ -220,7 +264,11 @@ fn cli_probe_of_a_replay_prints_the_document() {
         .args(["probe", bin.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["emulator"]["name"], "qemu-system-aarch64");
     assert_eq!(doc["qemu"]["version"], "8.2.0");

@@ -21,7 +21,10 @@ async fn probe_real(bin: &Path, accel: Accel) -> Capabilities {
 
 /// `QEMU emulator version 10.0.2 (Debian ...)` → `10.0.2`.
 fn version_from_dash_version(bin: &Path) -> String {
-    let out = std::process::Command::new(bin).arg("-version").output().unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("-version")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let first = text.lines().next().unwrap_or_default();
     first
@@ -33,25 +36,41 @@ fn version_from_dash_version(bin: &Path) -> String {
 
 #[tokio::test]
 async fn x86_64_document_is_complete_in_one_exec() {
-    let Some(bin) = common::real_qemu("qemu-system-x86_64") else { return };
+    let Some(bin) = common::real_qemu("qemu-system-x86_64") else {
+        return;
+    };
     let caps = probe_real(&bin, Accel::Auto).await;
     let q = caps.qemu.as_ref().expect("version");
     assert_eq!(q.version, version_from_dash_version(&bin));
     assert_eq!(caps.arch.as_deref(), Some("x86_64"));
-    assert!(caps.machines.len() >= 50, "{} machines", caps.machines.len());
+    assert!(
+        caps.machines.len() >= 50,
+        "{} machines",
+        caps.machines.len()
+    );
     assert!(caps.machines.iter().all(|m| m.name != "none"));
     assert_eq!(caps.machines.iter().filter(|m| m.is_default).count(), 1);
-    assert!(caps.cpu_models.len() >= 100, "{} CPU models", caps.cpu_models.len());
+    assert!(
+        caps.cpu_models.len() >= 100,
+        "{} CPU models",
+        caps.cpu_models.len()
+    );
     assert!(caps.devices.len() >= 300, "{} devices", caps.devices.len());
     let blk = &caps.device_properties["virtio-blk-pci"];
-    assert!(blk.iter().any(|p| p.name == "num-queues"), "virtio-blk-pci properties: {blk:?}");
+    assert!(
+        blk.iter().any(|p| p.name == "num-queues"),
+        "virtio-blk-pci properties: {blk:?}"
+    );
     assert!(caps.commands.iter().any(|c| c == "query-machines"));
     // KVM where /dev/kvm is usable, TCG otherwise.
     let kvm = caps.kvm.expect("query-kvm answered");
     if common::kvm_usable() {
         assert_eq!(caps.accel, "kvm");
         assert!(kvm.enabled);
-        assert!(caps.cpu_models.iter().all(|c| c.usable.is_some()), "KVM reports usability");
+        assert!(
+            caps.cpu_models.iter().all(|c| c.usable.is_some()),
+            "KVM reports usability"
+        );
     } else {
         assert_eq!(caps.accel, "tcg");
         assert!(!kvm.enabled);
@@ -60,7 +79,9 @@ async fn x86_64_document_is_complete_in_one_exec() {
 
 #[tokio::test]
 async fn x86_64_under_tcg_reports_tcg_usability() {
-    let Some(bin) = common::real_qemu("qemu-system-x86_64") else { return };
+    let Some(bin) = common::real_qemu("qemu-system-x86_64") else {
+        return;
+    };
     let caps = probe_real(&bin, Accel::Tcg).await;
     assert_eq!(caps.accel, "tcg");
     assert_eq!(caps.kvm.map(|k| k.enabled), Some(false));
@@ -74,9 +95,14 @@ async fn x86_64_under_tcg_reports_tcg_usability() {
 
 #[tokio::test]
 async fn aarch64_document_is_complete_in_one_exec() {
-    let Some(bin) = common::real_qemu("qemu-system-aarch64") else { return };
+    let Some(bin) = common::real_qemu("qemu-system-aarch64") else {
+        return;
+    };
     let caps = probe_real(&bin, Accel::Auto).await;
-    assert_eq!(caps.qemu.as_ref().unwrap().version, version_from_dash_version(&bin));
+    assert_eq!(
+        caps.qemu.as_ref().unwrap().version,
+        version_from_dash_version(&bin)
+    );
     assert_eq!(caps.arch.as_deref(), Some("aarch64"));
     // An x86 host cannot run aarch64 guests under KVM.
     if std::env::consts::ARCH != "aarch64" {
@@ -90,12 +116,18 @@ async fn aarch64_document_is_complete_in_one_exec() {
 
 #[test]
 fn cli_prints_the_document_for_real_qemu() {
-    let Some(bin) = common::real_qemu("qemu-system-x86_64") else { return };
+    let Some(bin) = common::real_qemu("qemu-system-x86_64") else {
+        return;
+    };
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
         .args(["probe", bin.to_str().unwrap(), "--accel", "tcg"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["schema_version"], 1);
     assert_eq!(doc["accel"], "tcg");

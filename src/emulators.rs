@@ -1,0 +1,369 @@
+//! The QEMU meaning of the generic cache: the table of configured
+//! emulators, their fingerprint as the cache's stamp, a probe as new data,
+//! the cache file format, and each entry's responses rendered once.
+//!
+//! An [`Entry`] is immutable: a probe or a load makes a new one, with the
+//! full document and each of its parts already serialized and hashed for
+//! the API (the full document is 150–250 KB; rendering it per request would
+//! cost more than everything else a query does).
+
+use crate::cache::{self, Handler};
+use crate::config::EmulatorSpec;
+use crate::metrics::Metrics;
+use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
+use crate::qemu::exec::{Accel, ExecCounter, ExecError};
+use crate::qemu::fingerprint::{Fingerprint, Host, HostContext};
+use crate::qemu::probe::{ProbeError, ProbeRequest, probe};
+use axum::body::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// Tag of cache files, so a foreign JSON file is never taken for ours.
+const FILE_FORMAT: &str = "qcapsd-cache";
+
+/// One serialized response and its ETag.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub body: Bytes,
+    pub etag: String,
+}
+
+impl Part {
+    pub fn json(value: &impl Serialize) -> Result<Part, serde_json::Error> {
+        let body = Bytes::from(serde_json::to_vec(value)?);
+        Ok(Part {
+            etag: etag(&body),
+            body,
+        })
+    }
+}
+
+/// A strong ETag from the content: 64-bit SipHash and the length.
+pub fn etag(body: &[u8]) -> String {
+    let mut h = std::hash::DefaultHasher::new();
+    body.hash(&mut h);
+    format!("\"{:016x}-{:x}\"", h.finish(), body.len())
+}
+
+/// The responses of one entry, serialized once.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub full: Part,
+    pub machines: Part,
+    pub cpu_models: Part,
+    pub devices: Part,
+    pub commands: Part,
+    /// `/devices/{device}` for every device the emulator has.
+    pub device: HashMap<String, Part>,
+}
+
+#[derive(Serialize)]
+struct DeviceDoc<'a> {
+    name: &'a str,
+    /// `None` when the device's properties were not among those read.
+    properties: Option<&'a [crate::qemu::caps::DeviceProperty]>,
+}
+
+#[derive(Serialize)]
+struct FullDoc<'a> {
+    #[serde(flatten)]
+    caps: &'a Capabilities,
+    cache: CacheMeta<'a>,
+}
+
+#[derive(Serialize)]
+struct CacheMeta<'a> {
+    fingerprint: &'a Fingerprint,
+    exec_seconds: f64,
+}
+
+/// One emulator's cached capabilities.
+#[derive(Debug)]
+pub struct Entry {
+    pub caps: Capabilities,
+    pub fingerprint: Fingerprint,
+    /// Wall time of the exec that produced `caps`: what each hit saves.
+    pub exec_seconds: f64,
+    pub rendered: Rendered,
+}
+
+impl Entry {
+    pub fn new(
+        caps: Capabilities,
+        fingerprint: Fingerprint,
+        exec_seconds: f64,
+    ) -> Result<Entry, serde_json::Error> {
+        let device = caps
+            .devices
+            .iter()
+            .map(|d| {
+                let doc = DeviceDoc {
+                    name: d,
+                    properties: caps.device_properties.get(d).map(Vec::as_slice),
+                };
+                Ok((d.clone(), Part::json(&doc)?))
+            })
+            .collect::<Result<HashMap<_, _>, serde_json::Error>>()?;
+        let rendered = Rendered {
+            full: Part::json(&FullDoc {
+                caps: &caps,
+                cache: CacheMeta {
+                    fingerprint: &fingerprint,
+                    exec_seconds,
+                },
+            })?,
+            machines: Part::json(&caps.machines)?,
+            cpu_models: Part::json(&caps.cpu_models)?,
+            devices: Part::json(&caps.devices)?,
+            commands: Part::json(&caps.commands)?,
+            device,
+        };
+        Ok(Entry {
+            caps,
+            fingerprint,
+            exec_seconds,
+            rendered,
+        })
+    }
+}
+
+/// The cache file: the document plus what validates it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheFile {
+    format: String,
+    schema_version: u32,
+    path: PathBuf,
+    fingerprint: Fingerprint,
+    exec_seconds: f64,
+    capabilities: Capabilities,
+}
+
+/// How probes are run; replaced as a whole on reload.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    pub accel: Accel,
+    pub timeout: Duration,
+    pub devices: Vec<String>,
+    pub module_dirs: Vec<PathBuf>,
+}
+
+/// The cache handler for QEMU emulators.
+pub struct Emulators {
+    /// name → spec. Swapped whole on reload; read on every lookup.
+    table: RwLock<Arc<BTreeMap<String, EmulatorSpec>>>,
+    settings: RwLock<Arc<ProbeSettings>>,
+    host: Host,
+    /// Kernel, CPU, microcode: re-read by the revalidator, not per lookup.
+    host_context: RwLock<HostContext>,
+    pub counter: ExecCounter,
+    metrics: Arc<Metrics>,
+}
+
+impl Emulators {
+    pub fn new(host: Host, settings: ProbeSettings, metrics: Arc<Metrics>) -> Self {
+        let ctx = host.context();
+        Emulators {
+            table: RwLock::new(Arc::new(BTreeMap::new())),
+            settings: RwLock::new(Arc::new(settings)),
+            host,
+            host_context: RwLock::new(ctx),
+            counter: ExecCounter::default(),
+            metrics,
+        }
+    }
+
+    pub fn set_table(&self, specs: &[EmulatorSpec]) {
+        let t = specs.iter().map(|s| (s.name.clone(), s.clone())).collect();
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
+    }
+
+    pub fn set_settings(&self, s: ProbeSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    }
+
+    pub fn table(&self) -> Arc<BTreeMap<String, EmulatorSpec>> {
+        Arc::clone(&self.table.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn settings(&self) -> Arc<ProbeSettings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    pub fn host_context(&self) -> HostContext {
+        self.host_context
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads kernel release, CPU signature and microcode.
+    pub fn refresh_host_context(&self) {
+        let ctx = self.host.context();
+        let mut cur = self.host_context.write().unwrap_or_else(|p| p.into_inner());
+        if *cur != ctx {
+            tracing::info!(old = ?*cur, new = ?ctx, "host context changed");
+            *cur = ctx;
+        }
+    }
+
+    fn spec(&self, key: &str) -> Option<EmulatorSpec> {
+        self.table().get(key).cloned()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("emulator no longer configured")]
+    Unconfigured,
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("cannot render the document: {0}")]
+    Render(#[from] serde_json::Error),
+}
+
+impl Handler for Emulators {
+    type Data = Entry;
+    type Stamp = Fingerprint;
+    type Error = RefreshError;
+
+    fn stamp(&self, key: &str) -> Option<Fingerprint> {
+        let spec = self.spec(key)?;
+        let settings = self.settings();
+        let ctx = self.host_context.read().unwrap_or_else(|p| p.into_inner());
+        self.host
+            .fingerprint(&spec.path, &settings.module_dirs, settings.accel, &ctx)
+            .ok()
+    }
+
+    fn data_stamp<'a>(&self, data: &'a Entry) -> &'a Fingerprint {
+        &data.fingerprint
+    }
+
+    fn why_changed(&self, old: &Fingerprint, new: &Fingerprint) -> &'static str {
+        Fingerprint::why_changed(old, new)
+    }
+
+    async fn new_data(
+        &self,
+        key: &str,
+        stamp: Fingerprint,
+        cancel: CancellationToken,
+    ) -> Result<Entry, RefreshError> {
+        let spec = self.spec(key).ok_or(RefreshError::Unconfigured)?;
+        let settings = self.settings();
+        let req = ProbeRequest {
+            name: spec.name.clone(),
+            accel: settings.accel,
+            timeout: settings.timeout,
+            devices: settings.devices.clone(),
+        };
+        self.metrics.probes.with_label_values(&[key]).inc();
+        let before = self.counter.get();
+        let started = Instant::now();
+        let result = probe(&spec.path, &req, &self.counter, &cancel).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        if self.counter.get() > before {
+            self.metrics
+                .exec_duration
+                .with_label_values(&[key])
+                .observe(elapsed);
+        }
+        match result {
+            Ok((caps, report)) => {
+                self.metrics
+                    .last_success
+                    .with_label_values(&[key])
+                    .set(unix_now());
+                tracing::info!(emulator = key, path = %spec.path.display(), seconds = report.duration.as_secs_f64(),
+                               version = caps.qemu.as_ref().map(|q| q.version.as_str()).unwrap_or("?"), "probed");
+                Ok(Entry::new(caps, stamp, report.duration.as_secs_f64())?)
+            }
+            Err(e) => {
+                if !matches!(e, ProbeError::Exec(ExecError::Cancelled { .. })) {
+                    self.metrics
+                        .probe_failures
+                        .with_label_values(&[key, e.reason()])
+                        .inc();
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    fn load_file(&self, key: &str, bytes: &[u8]) -> Result<Entry, String> {
+        let spec = self.spec(key).ok_or("emulator no longer configured")?;
+        let f: CacheFile =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a qcapsd cache file: {e}"))?;
+        if f.format != FILE_FORMAT {
+            return Err(format!("format '{}', expected '{FILE_FORMAT}'", f.format));
+        }
+        if f.schema_version != SCHEMA_VERSION || f.capabilities.schema_version != SCHEMA_VERSION {
+            return Err(format!(
+                "schema version {}, this agent writes {SCHEMA_VERSION}",
+                f.schema_version
+            ));
+        }
+        if f.path != spec.path {
+            return Err(format!(
+                "probed {}, configured {}",
+                f.path.display(),
+                spec.path.display()
+            ));
+        }
+        if !f.exec_seconds.is_finite() || f.exec_seconds < 0.0 {
+            return Err("bad exec_seconds".into());
+        }
+        Entry::new(f.capabilities, f.fingerprint, f.exec_seconds).map_err(|e| e.to_string())
+    }
+
+    fn save_file(&self, _key: &str, e: &Entry) -> Result<Vec<u8>, String> {
+        let f = CacheFile {
+            format: FILE_FORMAT.to_owned(),
+            schema_version: SCHEMA_VERSION,
+            path: PathBuf::from(&e.caps.emulator.path),
+            fingerprint: e.fingerprint.clone(),
+            exec_seconds: e.exec_seconds,
+            capabilities: e.caps.clone(),
+        };
+        serde_json::to_vec(&f).map_err(|e| e.to_string())
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Cache events into metrics and logs.
+pub struct MetricsObserver(pub Arc<Metrics>);
+
+impl cache::Observer<Entry> for MetricsObserver {
+    fn hit(&self, key: &str, data: &Entry) {
+        self.0.record_hit(key, data.exec_seconds);
+    }
+    fn miss(&self, key: &str, reason: &'static str) {
+        self.0.record_miss(key, reason);
+    }
+    fn invalidated(&self, key: &str, reason: &'static str) {
+        tracing::info!(emulator = key, reason, "cache entry invalidated");
+        self.0.invalidations.with_label_values(&[key, reason]).inc();
+    }
+    fn revalidation(&self) {
+        self.0.revalidations.inc();
+    }
+    fn removed(&self, key: &str) {
+        self.0.remove_emulator(key);
+    }
+}
