@@ -122,13 +122,7 @@ pub async fn serve(
     let background = {
         let agent = Arc::clone(&agent);
         let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = agent.start() => {}
-                () = stop.cancelled() => return,
-            }
-            revalidate::run(agent, revalidate_rx, stop).await;
-        })
+        tokio::spawn(async move { revalidate::run(agent, revalidate_rx, stop).await })
     };
 
     loop {

@@ -39,12 +39,18 @@ pub fn watch(dirs: &[PathBuf], wake: mpsc::Sender<()>) -> Option<notify::Recomme
     Some(w)
 }
 
-/// Runs passes until `shutdown`. `reloaded` tells it the config changed
-/// (new directories to watch, maybe a new interval).
+/// Starts the agent (disk cache, start-up probes), then runs passes until
+/// `shutdown`. The watches are in place before start-up, so a change made
+/// while it runs is not missed. `reloaded` tells it the config changed (new
+/// directories to watch, maybe a new interval).
 pub async fn run(agent: Arc<Agent>, mut reloaded: mpsc::Receiver<()>, shutdown: CancellationToken) {
     let (wake_tx, mut wake) = mpsc::channel(64);
     let mut dirs = agent.watch_dirs();
     let mut _watcher = watch(&dirs, wake_tx.clone());
+    tokio::select! {
+        () = agent.start() => {}
+        () = shutdown.cancelled() => return,
+    }
     loop {
         let interval = *agent.config().revalidate_interval;
         let retry = agent.cache.next_retry();

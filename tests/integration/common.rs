@@ -190,3 +190,249 @@ pub fn process_alive(pid: i32) -> bool {
     let ppid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     state != "Z" || ppid == std::process::id()
 }
+
+/// A stand-in emulator that replays `transcript` and appends a line to
+/// `count_file` on every exec, so tests count execs exactly.
+pub fn counting_emulator(dir: &Path, name: &str, transcript: &Path, count_file: &Path) -> PathBuf {
+    let replayer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replay_qemu.py");
+    script(
+        dir,
+        name,
+        &format!(
+            "echo exec >> '{}'\nexec '{}' '{}' '{}' \"$@\"",
+            count_file.display(),
+            python3().display(),
+            replayer.display(),
+            transcript.display()
+        ),
+    )
+}
+
+/// Lines in a count file (0 if absent).
+pub fn count(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+pub fn transcript(name: &str) -> PathBuf {
+    replies_dir().join(name)
+}
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP response as a test sees it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends raw request bytes (a request line and headers of the test's
+/// choosing) and reads the whole answer (`Connection: close`).
+pub fn raw_http(port: u16, request: &[u8]) -> Resp {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> Resp {
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(buf)));
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+    out
+}
+
+/// A `qcapsd run` process with its own temporary directory, port, cache
+/// and unix socket. Killed on drop if still running.
+pub struct AgentProc {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    /// Writes a config (listen, cache_dir, unix_socket, then `extra`) and
+    /// starts the agent; returns once /readyz says ready.
+    pub fn start(dir: &Path, extra: &str) -> AgentProc {
+        let port = free_port();
+        let config = dir.join("qcapsd.yaml");
+        let socket = dir.join("run/qcapsd.sock");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\ncache_dir: {}\nunix_socket: {}\n{extra}",
+                dir.join("cache").display(),
+                socket.display()
+            ),
+        )
+        .unwrap();
+        Self::start_with(dir, &config, port, socket)
+    }
+
+    /// Starts the agent again on the same directory and config.
+    pub fn restart(self) -> AgentProc {
+        let (dir, config, socket) = (self.dir.clone(), self.config.clone(), self.socket.clone());
+        let port = self.port;
+        let status = self.stop();
+        assert!(status.success(), "agent exited with {status}");
+        Self::start_with(&dir, &config, port, socket)
+    }
+
+    fn start_with(dir: &Path, config: &Path, port: u16, socket: PathBuf) -> AgentProc {
+        let log = dir.join(format!(
+            "agent-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let a = AgentProc {
+            child,
+            port,
+            dir: dir.to_owned(),
+            config: config.to_owned(),
+            socket,
+            log,
+        };
+        a.wait_ready();
+        a
+    }
+
+    /// Polls /readyz (bounded: 60 s) — a condition, not a timing.
+    pub fn wait_ready(&self) {
+        for _ in 0..600 {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf);
+                if buf.starts_with(b"HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("agent not ready; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("Content-Length: 0\r\n\r\n");
+        raw_http(self.port, req.as_bytes())
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[])
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        let st = self.child.wait().unwrap();
+        std::mem::forget(self);
+        st
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

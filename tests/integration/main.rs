@@ -1,6 +1,7 @@
 //! Integration tests, one binary (ripgrep's layout): each module is one area
 //! of behaviour; `common` hides the set-up.
 
+mod agent;
 mod common;
 mod probe_faults;
 mod probe_real;
