@@ -2,6 +2,7 @@
 //! of behaviour; `common` hides the set-up.
 
 mod agent;
+mod api;
 mod common;
 mod probe_faults;
 mod probe_real;
