@@ -359,6 +359,7 @@ impl<H: Handler> Cache<H> {
                     slot.missing = true;
                     self.observer.invalidated(key, "missing");
                 }
+                self.observer.miss(key, "missing");
                 return Err(LookupError::Missing);
             };
             slot.missing = false;
@@ -381,7 +382,9 @@ impl<H: Handler> Cache<H> {
                 None => {
                     if let Some(f) = &slot.failure {
                         if f.stamp == now && Instant::now() < f.retry_at {
-                            // Same source, still backing off: no new exec.
+                            // Same source, still backing off: no new exec,
+                            // and no valid entry either.
+                            self.observer.miss(key, "failed");
                             return match &slot.data {
                                 Some(d) => Ok(Answer {
                                     data: Arc::clone(d),

@@ -433,3 +433,30 @@ impl Drop for AgentProc {
         let _ = self.child.wait();
     }
 }
+
+/// An external tool on PATH, or `None` (the test then skips) unless
+/// `QCAPSD_REQUIRE_QEMU=1` (CI), where a missing tool fails the test.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("QCAPSD_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("{name} not found and QCAPSD_REQUIRE_QEMU=1 (run .ci/install-deps)");
+        }
+        eprintln!("skipping: {name} not installed");
+    }
+    found
+}
+
+/// The value of a sample line `name{labels} value` in a /metrics text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -4,6 +4,7 @@
 mod agent;
 mod api;
 mod common;
+mod observability;
 mod probe_faults;
 mod probe_real;
 mod probe_replay;

@@ -1,0 +1,516 @@
+//! Metrics, rules and dashboard: exact counters on a live agent, promtool's
+//! verdicts, the dashboard's queries, and a real Prometheus scraping a
+//! running agent while a stand-in emulator keeps changing.
+
+use crate::common::{
+    self, AgentProc, count, counting_emulator, metric, raw_http, require_tool, transcript,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+struct Scene {
+    dir: tempfile::TempDir,
+    agent: AgentProc,
+    x86: PathBuf,
+    x86_count: PathBuf,
+}
+
+/// An agent over a good x86_64 stand-in and a broken one.
+fn scene() -> Scene {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let x86_count = dir.path().join("x86.count");
+    let x86 = counting_emulator(
+        &bin,
+        "qemu-system-x86_64",
+        &transcript("caps_9.1.0_x86_64.replies"),
+        &x86_count,
+    );
+    let broken = common::script(&bin, "qemu-system-broken", "echo 'broken' >&2\nexit 1");
+    let agent = AgentProc::start(
+        dir.path(),
+        &format!(
+            "revalidate_interval: 1h\nemulators:\n  - path: {}\n    name: x86_64\n  - path: {}\n    name: broken\n",
+            x86.display(),
+            broken.display()
+        ),
+    );
+    Scene {
+        dir,
+        agent,
+        x86,
+        x86_count,
+    }
+}
+
+fn upgrade(x86: &Path, to: &str, count_file: &Path) {
+    let staged = counting_emulator(
+        x86.parent().unwrap(),
+        ".staged",
+        &transcript(to),
+        count_file,
+    );
+    std::fs::rename(staged, x86).unwrap();
+}
+
+#[test]
+fn counters_move_exactly_with_queries_and_probes() {
+    let s = scene();
+    let a = &s.agent;
+    const N: usize = 37;
+    for _ in 0..N {
+        assert_eq!(a.get("/v1/emulators/x86_64/machines").status, 200);
+    }
+    // One change: the next lookup misses (binary_changed), later ones hit.
+    upgrade(&s.x86, "caps_10.0.0_x86_64.replies", &s.x86_count);
+    for _ in 0..3 {
+        assert_eq!(a.get("/v1/emulators/x86_64").status, 200);
+    }
+    // A forced re-probe, waited for.
+    assert_eq!(
+        a.request("POST", "/v1/emulators/x86_64/revalidate", &[])
+            .status,
+        202
+    );
+    for _ in 0..400 {
+        if a.get("/v1/emulators").json()[1]["state"] == "fresh" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(a.get("/v1/emulators/broken").status, 503);
+    let m = a.get("/metrics").text();
+    let v = |series: &str| metric(&m, series).unwrap_or_else(|| panic!("{series} not in:\n{m}"));
+    let probes = count(&s.x86_count) as f64;
+    assert_eq!(probes, 3.0, "start, upgrade, forced");
+    assert_eq!(v("qcapsd_probes_total{emulator=\"x86_64\"}"), probes);
+    assert_eq!(
+        v("qcapsd_exec_duration_seconds_count{emulator=\"x86_64\"}"),
+        probes
+    );
+    assert_eq!(v("qcapsd_probes_total{emulator=\"broken\"}"), 1.0);
+    assert_eq!(
+        v("qcapsd_probe_failures_total{emulator=\"broken\",reason=\"qmp\"}"),
+        1.0
+    );
+    let lookups = (N + 3) as f64;
+    assert_eq!(
+        v("qcapsd_cache_lookups_total{emulator=\"x86_64\"}"),
+        lookups
+    );
+    assert_eq!(
+        v("qcapsd_cache_hits_total{emulator=\"x86_64\"}"),
+        lookups - 1.0
+    );
+    assert_eq!(
+        v("qcapsd_cache_misses_total{emulator=\"x86_64\",reason=\"binary_changed\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("qcapsd_cache_invalidations_total{emulator=\"x86_64\",reason=\"binary_changed\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("qcapsd_cache_invalidations_total{emulator=\"x86_64\",reason=\"forced\"}"),
+        1.0
+    );
+    // The failed emulator's lookup (in its backoff) is a miss without a probe.
+    assert_eq!(v("qcapsd_cache_lookups_total{emulator=\"broken\"}"), 1.0);
+    assert_eq!(
+        v("qcapsd_cache_misses_total{emulator=\"broken\",reason=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "qcapsd_cache_hits_total{emulator=\"broken\"}"),
+        None
+    );
+    assert_eq!(
+        v("qcapsd_cache_hit_ratio"),
+        (lookups - 1.0) / (lookups + 1.0)
+    );
+    assert!(v("qcapsd_exec_seconds_saved_total{emulator=\"x86_64\"}") > 0.0);
+    assert_eq!(v("qcapsd_emulator_up{emulator=\"x86_64\"}"), 1.0);
+    assert_eq!(v("qcapsd_emulator_up{emulator=\"broken\"}"), 0.0);
+    assert!(m.contains(&format!(
+        "qcapsd_emulator_info{{arch=\"x86_64\",emulator=\"x86_64\",path=\"{}\",qemu_version=\"10.0.0\"}} 1",
+        s.x86.display()
+    )), "{m}");
+    assert_eq!(
+        v("qcapsd_http_requests_total{code=\"200\",route=\"/v1/emulators/{name}/machines\"}"),
+        N as f64
+    );
+    assert_eq!(
+        v("qcapsd_http_requests_total{code=\"503\",route=\"/v1/emulators/{name}\"}"),
+        1.0
+    );
+    assert!(v("qcapsd_revalidations_total") >= 1.0);
+    assert!(m.contains("qcapsd_build_info{revision="));
+    assert!(m.contains("process_resident_memory_bytes"));
+    // Labels are bounded by the config: no machine, CPU or device names.
+    assert!(!m.contains("pc-i440fx") && !m.contains("Haswell") && !m.contains("virtio-blk"));
+    drop(s.dir);
+}
+
+#[test]
+fn live_metrics_pass_promtool_check_metrics() {
+    let Some(promtool) = require_tool("promtool") else {
+        return;
+    };
+    let s = scene();
+    s.agent.get("/v1/emulators/x86_64");
+    let text = s.agent.get("/metrics").body;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+}
+
+#[test]
+fn rules_pass_promtool_check_and_their_tests() {
+    let Some(promtool) = require_tool("promtool") else {
+        return;
+    };
+    let check = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(repo("deploy/prometheus/qcapsd.rules.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let test = Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(repo("deploy/prometheus/qcapsd.rules.test.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    // Every alert of the rules file is exercised by the tests.
+    let rules = std::fs::read_to_string(repo("deploy/prometheus/qcapsd.rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(repo("deploy/prometheus/qcapsd.rules.test.yml")).unwrap();
+    for alert in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            tests.contains(&format!("alertname: {alert}")),
+            "{alert} has no promtool test"
+        );
+    }
+}
+
+/// Every `expr` in the dashboard, with Grafana's variables substituted.
+fn dashboard_exprs() -> Vec<String> {
+    let d: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo("dashboards/qcapsd.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"].as_str().unwrap();
+            out.push(
+                e.replace("$__rate_interval", "1m")
+                    .replace("$__range", "1h")
+                    .replace("$instance", ".*")
+                    .replace("$job", "qcapsd"),
+            );
+        }
+    }
+    out
+}
+
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while let Some(off) = expr[i..].find("qcapsd_") {
+        let start = i + off;
+        if start > 0 && b[start - 1] == b':' {
+            // The middle of a recording rule's name, not a metric.
+            i = start + 1;
+            continue;
+        }
+        let mut end = start;
+        while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+            end += 1;
+        }
+        names.push(expr[start..end].to_owned());
+        i = end;
+    }
+    names
+}
+
+#[test]
+fn dashboard_is_valid_its_queries_parse_and_use_only_live_metrics() {
+    let d: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo("dashboards/qcapsd.json")).unwrap()).unwrap();
+    assert!(
+        d["schemaVersion"].as_u64().unwrap() >= 36,
+        "a recent schemaVersion"
+    );
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "job", "instance"]);
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 10);
+    let raw = std::fs::read_to_string(repo("dashboards/qcapsd.json")).unwrap();
+    assert!(raw.contains("$__rate_interval"));
+    // Every expression parses: promtool checks them as recording rules.
+    if let Some(promtool) = require_tool("promtool") {
+        let dir = tempfile::tempdir().unwrap();
+        let mut y = String::from("groups:\n  - name: dashboard\n    rules:\n");
+        for (i, e) in exprs.iter().enumerate() {
+            y += &format!(
+                "      - record: dashboard:expr{i}\n        expr: {}\n",
+                serde_json::to_string(e).unwrap()
+            );
+        }
+        let f = dir.path().join("dashboard.rules.yml");
+        std::fs::write(&f, y).unwrap();
+        let out = Command::new(promtool)
+            .args(["check", "rules"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Every metric it uses is on a live agent's /metrics.
+    let s = scene();
+    s.agent.get("/v1/emulators/x86_64");
+    upgrade(&s.x86, "caps_10.0.0_x86_64.replies", &s.x86_count);
+    s.agent.get("/v1/emulators/x86_64");
+    let live = s.agent.get("/metrics").text();
+    let rules = std::fs::read_to_string(repo("deploy/prometheus/qcapsd.rules.yml")).unwrap();
+    let mut used: Vec<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    used.extend(
+        metric_names(&rules)
+            .into_iter()
+            .filter(|n| !n.contains(':')),
+    );
+    used.sort();
+    used.dedup();
+    for name in &used {
+        let present = live.lines().any(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        });
+        assert!(
+            present,
+            "{name} is used by the dashboard or rules but not exported:\n{live}"
+        );
+    }
+}
+
+/// The rules with time compressed 60× (minutes become seconds), so a real
+/// Prometheus evaluates the same expressions within a test's time.
+fn compressed_rules() -> String {
+    let text = std::fs::read_to_string(repo("deploy/prometheus/qcapsd.rules.yml")).unwrap();
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    // "[5m]" → "[5s]"; "for: 15m" → "for: 15s".
+    while let Some(i) = rest.find(|c: char| c.is_ascii_digit()) {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(head);
+        let digits = tail
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (num, after) = tail.split_at(digits);
+        out.push_str(num);
+        let in_window = head.ends_with('[') && after.starts_with("m]");
+        let in_for = head.ends_with("for: ") && after.starts_with('m');
+        if in_window || in_for {
+            out.push('s');
+            rest = &after[1..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn api(&self, path_and_query: &str) -> serde_json::Value {
+        let r = raw_http(
+            self.port,
+            format!(
+                "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    fn alert_state(&self, name: &str) -> Option<String> {
+        let v = self.api("/api/v1/alerts");
+        v["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == name)
+            .map(|a| a["state"].as_str().unwrap_or("").to_owned())
+    }
+}
+
+#[test]
+fn real_prometheus_records_the_hit_ratio_and_the_miss_alert_fires_then_resolves() {
+    let Some(prometheus) = require_tool("prometheus") else {
+        return;
+    };
+    let s = scene();
+    let dir = s.dir.path();
+    std::fs::write(dir.join("rules.yml"), compressed_rules()).unwrap();
+    let port = common::free_port();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: qcapsd\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            dir.join("rules.yml").display(),
+            s.agent.port
+        ),
+    )
+    .unwrap();
+    let child = Command::new(prometheus)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let prom = Prometheus { child, port };
+    let ready = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && raw_http(
+                port,
+                b"GET /-/ready HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+            )
+            .status
+                == 200
+    });
+    assert!(
+        ready,
+        "prometheus did not start: {}",
+        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+    );
+
+    // Steady queries: the hit-ratio recording rule yields 1.
+    let mut ratio = None;
+    for _ in 0..300 {
+        s.agent.get("/v1/emulators/x86_64/machines");
+        let v = prom.api("/api/v1/query?query=instance:qcapsd_cache_hit_ratio:rate5m");
+        if let Some(r) = v["data"]["result"].as_array().and_then(|a| a.first()) {
+            ratio = r["value"][1].as_str().and_then(|x| x.parse::<f64>().ok());
+            if ratio.is_some() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ratio, Some(1.0), "recorded hit ratio");
+    assert_eq!(prom.alert_state("QcapsdCacheMissesSustained"), None);
+
+    // The emulator keeps changing: every lookup misses. The alert fires.
+    let versions = ["caps_10.0.0_x86_64.replies", "caps_9.1.0_x86_64.replies"];
+    let mut fired = false;
+    for i in 0..400 {
+        upgrade(&s.x86, versions[i % 2], &s.x86_count);
+        s.agent.get("/v1/emulators/x86_64");
+        if prom.alert_state("QcapsdCacheMissesSustained").as_deref() == Some("firing") {
+            fired = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        fired,
+        "QcapsdCacheMissesSustained never fired: {}",
+        prom.api("/api/v1/alerts")
+    );
+    let m = s.agent.get("/metrics").text();
+    assert!(
+        metric(
+            &m,
+            "qcapsd_cache_misses_total{emulator=\"x86_64\",reason=\"binary_changed\"}"
+        )
+        .unwrap()
+            >= 5.0
+    );
+
+    // It stops changing; lookups hit again. The alert resolves.
+    let mut resolved = false;
+    for _ in 0..600 {
+        s.agent.get("/v1/emulators/x86_64");
+        if prom.alert_state("QcapsdCacheMissesSustained").is_none() {
+            resolved = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        resolved,
+        "the alert did not resolve: {}",
+        prom.api("/api/v1/alerts")
+    );
+}
+
+#[test]
+fn time_compression_only_touches_durations() {
+    let c = compressed_rules();
+    assert!(c.contains("[5s]") && c.contains("for: 15s") && !c.contains("[5m]"));
+    assert!(
+        c.contains("histogram_quantile(0.99"),
+        "numbers elsewhere untouched"
+    );
+}
