@@ -105,11 +105,12 @@ pub fn router(ctx: Ctx, limits: &HttpLimits) -> Router {
         .with_state(ctx)
 }
 
-/// Only `/metrics` (and the health checks), for `metrics_listen`.
+/// Only `/metrics` and the health checks, for `metrics_listen`.
 pub fn metrics_router(ctx: Ctx, limits: &HttpLimits) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

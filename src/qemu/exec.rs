@@ -258,9 +258,11 @@ fn check_executable(path: &Path) -> Result<(), ExecError> {
 }
 
 /// A started QEMU. Dropping it kills the whole process group, so a cancelled
-/// future cannot leak a process; the tokio runtime reaps the leader.
+/// future cannot leak a process, and hands the leader to a task that reaps
+/// it.
 struct Running {
-    child: Child,
+    /// `None` once reaped (or handed to the reaper task on drop).
+    child: Option<Child>,
     pgid: Option<Pid>,
     qmp: Option<Session>,
     stderr: Arc<Mutex<Vec<u8>>>,
@@ -330,7 +332,7 @@ impl Running {
             _ => None,
         };
         Ok(Running {
-            child,
+            child: Some(child),
             pgid,
             qmp,
             stderr,
@@ -356,10 +358,11 @@ impl Running {
     /// Kills every process in the group, then reaps the leader. The leader is
     /// not reaped before the kill, so the group id still names our group.
     async fn kill_and_reap(&mut self) -> Option<ExitStatus> {
-        let exited_alone = matches!(self.child.try_wait_nowait(), Some(true));
+        let mut child = self.child.take()?;
+        let exited_alone = matches!(child.try_wait_nowait(), Some(true));
         self.kill_group();
         self.killed_by_us = !exited_alone;
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
             .await
             .ok()
             .and_then(Result::ok);
@@ -401,6 +404,16 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.kill_group();
         self.stderr_task.abort();
+        // Reap the leader now rather than leave it to tokio's best-effort
+        // orphan queue (outside a runtime, kill_on_drop and that queue
+        // remain the fallback).
+        if let (Some(mut child), Ok(rt)) =
+            (self.child.take(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
     }
 }
 

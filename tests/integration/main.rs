@@ -4,6 +4,7 @@
 mod agent;
 mod api;
 mod common;
+mod deploy;
 mod observability;
 mod probe_faults;
 mod probe_real;

@@ -30,7 +30,7 @@ async fn probe_err(bin: &Path) -> String {
         .to_string()
 }
 
-fn assert_all_gone(pids_file: &Path) {
+async fn assert_all_gone(pids_file: &Path) {
     let pids = read_pids(pids_file);
     assert!(!pids.is_empty(), "the stand-in recorded its pids");
     // SIGKILL is delivered at once, but the kernel may take a moment to
@@ -39,7 +39,7 @@ fn assert_all_gone(pids_file: &Path) {
         if pids.iter().all(|&p| !process_alive(p)) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let alive: Vec<_> = pids.iter().filter(|&&p| process_alive(p)).collect();
     panic!("processes left behind: {alive:?}");
@@ -94,7 +94,7 @@ async fn garbage_instead_of_qmp_is_an_error_and_the_process_is_killed() {
         e.contains("no QMP greeting") && e.contains("Usage: qemu-system"),
         "{e}"
     );
-    assert_all_gone(&pids);
+    assert_all_gone(&pids).await;
 }
 
 #[tokio::test]
@@ -150,7 +150,7 @@ async fn hang_is_killed_at_the_timeout_with_every_child() {
         "stderr is in the error: {msg}"
     );
     assert_eq!(read_pids(&pids).len(), 4);
-    assert_all_gone(&pids);
+    assert_all_gone(&pids).await;
 }
 
 #[tokio::test]
@@ -169,7 +169,7 @@ async fn stdout_flood_without_newline_hits_the_message_cap() {
     assert!(e.contains("QMP message larger than"), "{e}");
     assert!(e.contains("stderr noise"), "{e}");
     assert!(e.len() < 4000, "the error stays short: {} bytes", e.len());
-    assert_all_gone(&pids);
+    assert_all_gone(&pids).await;
 }
 
 #[tokio::test]
@@ -186,7 +186,7 @@ async fn stdout_flood_of_lines_is_garbage() {
     );
     let e = probe_err(&bin).await;
     assert!(e.contains("not QMP: \"lorem ipsum\""), "{e}");
-    assert_all_gone(&pids);
+    assert_all_gone(&pids).await;
 }
 
 #[tokio::test]
@@ -210,7 +210,7 @@ async fn cancelling_a_probe_kills_the_emulator() {
     };
     let (r, ()) = tokio::join!(probing, trigger);
     assert!(r.unwrap_err().to_string().ends_with("probe cancelled"));
-    assert_all_gone(&pids);
+    assert_all_gone(&pids).await;
 }
 
 #[tokio::test]
@@ -229,7 +229,7 @@ async fn dropping_a_probe_future_kills_the_emulator() {
         _ = probe(&bin, &req, &counter, &cancel) => panic!("the stand-in never answers"),
         () = async { while read_pids(&pids).is_empty() { tokio::time::sleep(Duration::from_millis(5)).await } } => {}
     }
-    assert_all_gone(&pids);
+    assert_all_gone(&pids).await;
 }
 
 #[test]
