@@ -465,10 +465,7 @@ fn check_config_says_what_it_would_do_or_names_the_fault() {
     let f = fleet(d.path());
     let good = d.path().join("good.yaml");
     std::fs::write(&good, format!("cache_dir: /tmp/x\n{}", emulators_yaml(&f))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-        .args(["check-config", good.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::qcapsd(&["check-config", good.to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -479,10 +476,7 @@ fn check_config_says_what_it_would_do_or_names_the_fault() {
     );
     let bad = d.path().join("bad.yaml");
     std::fs::write(&bad, "cache_dir: /tmp/x\nprobe_timeout: soon\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-        .args(["check-config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::qcapsd(&["check-config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -491,9 +485,6 @@ fn check_config_says_what_it_would_do_or_names_the_fault() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
     // `run` refuses the same file with the same exit code.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-        .args(["run", "--config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::qcapsd(&["run", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
 }

@@ -17,14 +17,10 @@ struct Setup {
 
 fn setup(extra: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let x86_count = dir.path().join("x86.count");
-    let x86 = counting_emulator(
-        &bin,
+    let (x86, x86_count) = common::stand_in(
+        dir.path(),
         "qemu-system-x86_64",
-        &transcript("caps_10.0.0_x86_64.replies"),
-        &x86_count,
+        "caps_10.0.0_x86_64.replies",
     );
     let agent = AgentProc::start(
         dir.path(),
@@ -39,13 +35,6 @@ fn setup(extra: &str) -> Setup {
         x86,
         x86_count,
     }
-}
-
-fn qcapsd(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -333,14 +322,10 @@ fn mode(p: &Path) -> u32 {
 #[test]
 fn unix_socket_serves_with_mode_0660_and_replaces_a_stale_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let c = dir.path().join("count");
-    let x86 = counting_emulator(
-        &bin,
+    let (x86, _count) = common::stand_in(
+        dir.path(),
         "qemu-system-x86_64",
-        &transcript("caps_9.1.0_x86_64.replies"),
-        &c,
+        "caps_9.1.0_x86_64.replies",
     );
     // A stale socket from a crashed agent.
     let sock = dir.path().join("run/qcapsd.sock");
@@ -359,7 +344,7 @@ fn unix_socket_serves_with_mode_0660_and_replaces_a_stale_socket() {
     let r = common::parse_response(&buf);
     assert_eq!(r.status, 200);
     assert!(r.json().as_array().unwrap().len() > 10);
-    let out = qcapsd(&["query", "--socket", agent.socket.to_str().unwrap()]);
+    let out = common::qcapsd(&["query", "--socket", agent.socket.to_str().unwrap()]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("qemu-system-x86_64"));
     let socket = agent.socket.clone();
@@ -383,7 +368,7 @@ fn a_regular_file_at_the_socket_path_is_not_deleted() {
         ),
     )
     .unwrap();
-    let out = qcapsd(&["run", "--config", cfg.to_str().unwrap()]);
+    let out = common::qcapsd(&["run", "--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -400,7 +385,7 @@ fn query_client_prints_tables_and_json() {
     let run = |args: &[&str]| {
         let mut all = vec!["query", "--addr", &addr];
         all.extend_from_slice(args);
-        let out = qcapsd(&all);
+        let out = common::qcapsd(&all);
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -454,7 +439,7 @@ fn query_client_prints_tables_and_json() {
     let json: serde_json::Value =
         serde_json::from_str(&run(&["x86_64", "machines", "--json"])).unwrap();
     assert!(json.as_array().unwrap().len() > 10);
-    let out = qcapsd(&["query", "--addr", &addr, "nope"]);
+    let out = common::qcapsd(&["query", "--addr", &addr, "nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no emulator named 'nope'"));
 }
@@ -462,7 +447,7 @@ fn query_client_prints_tables_and_json() {
 #[test]
 fn query_of_an_unreachable_agent_exits_69_naming_the_address() {
     let port = common::free_port();
-    let out = qcapsd(&["query", "--addr", &format!("127.0.0.1:{port}")]);
+    let out = common::qcapsd(&["query", "--addr", &format!("127.0.0.1:{port}")]);
     assert_eq!(out.status.code(), Some(69));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -471,7 +456,7 @@ fn query_of_an_unreachable_agent_exits_69_naming_the_address() {
         )),
         "{err}"
     );
-    let out = qcapsd(&["query", "--socket", "/nonexistent/qcapsd.sock"]);
+    let out = common::qcapsd(&["query", "--socket", "/nonexistent/qcapsd.sock"]);
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unix:/nonexistent/qcapsd.sock"));
 }

@@ -460,3 +460,33 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         })
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// Runs the `qcapsd` binary with `args` and collects its output.
+pub fn qcapsd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A `#!/bin/sh` stand-in that first appends its pid to a file, then runs
+/// `body`; returns the script and the pid file.
+pub fn pid_stand_in(dir: &Path, body: &str) -> (PathBuf, PathBuf) {
+    let pids = dir.join("pids");
+    let bin = script(
+        dir,
+        "qemu",
+        &format!("echo $$ >> '{}'\n{body}", pids.display()),
+    );
+    (bin, pids)
+}
+
+/// A counting replay stand-in named `name` in `dir/bin`, counting into
+/// `dir/<name>.count`; returns its path and the count file.
+pub fn stand_in(dir: &Path, name: &str, transcript_file: &str) -> (PathBuf, PathBuf) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let count_file = dir.join(format!("{name}.count"));
+    let path = counting_emulator(&bin, name, &transcript(transcript_file), &count_file);
+    (path, count_file)
+}

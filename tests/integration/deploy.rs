@@ -2,7 +2,7 @@
 //! the Kubernetes manifests pass `kubernetes-validate`, and the example
 //! configs pass `qcapsd check-config`.
 
-use crate::common::require_tool;
+use crate::common::{self, require_tool};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -57,10 +57,7 @@ fn kubernetes_manifests_validate() {
 #[test]
 fn example_configs_are_valid() {
     let f = repo("deploy/config/qcapsd.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-        .args(["check-config", f.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::qcapsd(&["check-config", f.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",

@@ -23,16 +23,16 @@ struct Scene {
 /// An agent over a good x86_64 stand-in and a broken one.
 fn scene() -> Scene {
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let x86_count = dir.path().join("x86.count");
-    let x86 = counting_emulator(
-        &bin,
+    let (x86, x86_count) = common::stand_in(
+        dir.path(),
         "qemu-system-x86_64",
-        &transcript("caps_9.1.0_x86_64.replies"),
-        &x86_count,
+        "caps_9.1.0_x86_64.replies",
     );
-    let broken = common::script(&bin, "qemu-system-broken", "echo 'broken' >&2\nexit 1");
+    let broken = common::script(
+        x86.parent().unwrap(),
+        "qemu-system-broken",
+        "echo 'broken' >&2\nexit 1",
+    );
     let agent = AgentProc::start(
         dir.path(),
         &format!(

@@ -80,14 +80,9 @@ async fn emulator_that_exits_at_once_reports_its_stderr_and_status() {
 #[tokio::test]
 async fn garbage_instead_of_qmp_is_an_error_and_the_process_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let pids = dir.path().join("pids");
-    let bin = script(
+    let (bin, pids) = common::pid_stand_in(
         dir.path(),
-        "qemu",
-        &format!(
-            "echo $$ > {p}\necho 'Usage: qemu-system [options] [disk_image]'\nexec sleep 600",
-            p = pids.display()
-        ),
+        "echo 'Usage: qemu-system [options] [disk_image]'\nexec sleep 600",
     );
     let e = probe_err(&bin).await;
     assert!(
@@ -175,14 +170,9 @@ async fn stdout_flood_without_newline_hits_the_message_cap() {
 #[tokio::test]
 async fn stdout_flood_of_lines_is_garbage() {
     let dir = tempfile::tempdir().unwrap();
-    let pids = dir.path().join("pids");
-    let bin = script(
+    let (bin, pids) = common::pid_stand_in(
         dir.path(),
-        "qemu",
-        &format!(
-            "echo $$ > {p}\necho '{GREETING}'\nexec yes 'lorem ipsum'",
-            p = pids.display()
-        ),
+        &format!("echo '{GREETING}'\nexec yes 'lorem ipsum'"),
     );
     let e = probe_err(&bin).await;
     assert!(e.contains("not QMP: \"lorem ipsum\""), "{e}");
@@ -192,12 +182,7 @@ async fn stdout_flood_of_lines_is_garbage() {
 #[tokio::test]
 async fn cancelling_a_probe_kills_the_emulator() {
     let dir = tempfile::tempdir().unwrap();
-    let pids = dir.path().join("pids");
-    let bin = script(
-        dir.path(),
-        "qemu",
-        &format!("echo $$ > {p}\nexec sleep 600", p = pids.display()),
-    );
+    let (bin, pids) = common::pid_stand_in(dir.path(), "exec sleep 600");
     let cancel = CancellationToken::new();
     let req = ProbeRequest::new("hung");
     let counter = ExecCounter::default();
@@ -216,12 +201,7 @@ async fn cancelling_a_probe_kills_the_emulator() {
 #[tokio::test]
 async fn dropping_a_probe_future_kills_the_emulator() {
     let dir = tempfile::tempdir().unwrap();
-    let pids = dir.path().join("pids");
-    let bin = script(
-        dir.path(),
-        "qemu",
-        &format!("echo $$ > {p}\nexec sleep 600", p = pids.display()),
-    );
+    let (bin, pids) = common::pid_stand_in(dir.path(), "exec sleep 600");
     let req = ProbeRequest::new("hung");
     let counter = ExecCounter::default();
     let cancel = CancellationToken::new();
@@ -234,10 +214,7 @@ async fn dropping_a_probe_future_kills_the_emulator() {
 
 #[test]
 fn cli_error_is_one_line_with_exit_code_1() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-        .args(["probe", "/nonexistent/qemu"])
-        .output()
-        .unwrap();
+    let out = common::qcapsd(&["probe", "/nonexistent/qemu"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert_eq!(
@@ -248,10 +225,7 @@ fn cli_error_is_one_line_with_exit_code_1() {
 
 #[test]
 fn cli_bad_usage_exits_64() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-        .args(["probe", "/x", "--accel", "hvf"])
-        .output()
-        .unwrap();
+    let out = common::qcapsd(&["probe", "/x", "--accel", "hvf"]);
     assert_eq!(out.status.code(), Some(64));
 }
 
@@ -260,10 +234,7 @@ fn cli_probe_of_a_replay_prints_the_document() {
     let dir = tempfile::tempdir().unwrap();
     let t = common::replies_dir().join("caps_8.2.0_aarch64.replies");
     let bin = common::replay_emulator(dir.path(), "qemu-system-aarch64", &t);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-        .args(["probe", bin.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::qcapsd(&["probe", bin.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",

@@ -119,10 +119,7 @@ fn cli_prints_the_document_for_real_qemu() {
     let Some(bin) = common::real_qemu("qemu-system-x86_64") else {
         return;
     };
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-        .args(["probe", bin.to_str().unwrap(), "--accel", "tcg"])
-        .output()
-        .unwrap();
+    let out = common::qcapsd(&["probe", bin.to_str().unwrap(), "--accel", "tcg"]);
     assert!(
         out.status.success(),
         "{}",
