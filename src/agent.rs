@@ -15,6 +15,9 @@ use std::time::Duration;
 pub struct Agent {
     pub cache: Arc<Cache<Emulators>>,
     pub metrics: Arc<Metrics>,
+    /// Serializes gauge refresh and encoding, so concurrent scrapes never
+    /// see the per-emulator gauges half rebuilt.
+    scrape: std::sync::Mutex<()>,
     /// The config in force; replaced whole by [`Agent::reload`].
     config: RwLock<Arc<Config>>,
 }
@@ -50,6 +53,7 @@ impl Agent {
         Ok(Arc::new(Agent {
             cache,
             metrics,
+            scrape: std::sync::Mutex::new(()),
             config: RwLock::new(Arc::new(cfg)),
         }))
     }
@@ -139,8 +143,15 @@ impl Agent {
         self.cache.ready()
     }
 
-    /// Refreshes the per-emulator gauges from the cache (memory only).
-    pub fn update_gauges(&self) {
+    /// The /metrics text: per-emulator gauges refreshed from the cache
+    /// (memory only), then every metric encoded.
+    pub fn scrape(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.update_gauges();
+        self.metrics.encode()
+    }
+
+    fn update_gauges(&self) {
         let m = &self.metrics;
         m.emulator_info.reset();
         let table = self.cache.handler().table();

@@ -26,7 +26,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -476,10 +476,8 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
     }
 }
 
-async fn metrics(State(ctx): State<Ctx>, method: Method) -> Response {
-    debug_assert_eq!(method, Method::GET);
-    ctx.agent.update_gauges();
-    match ctx.agent.metrics.encode() {
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    match ctx.agent.scrape() {
         Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }

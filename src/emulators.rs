@@ -219,6 +219,11 @@ impl Emulators {
     fn spec(&self, key: &str) -> Option<EmulatorSpec> {
         self.table().get(key).cloned()
     }
+
+    /// The configured path of `key`, if it is configured.
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        self.table().get(key).map(|s| s.path.clone())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,11 +242,12 @@ impl Handler for Emulators {
     type Error = RefreshError;
 
     fn stamp(&self, key: &str) -> Option<Fingerprint> {
-        let spec = self.spec(key)?;
+        let table = self.table();
+        let path = &table.get(key)?.path;
         let settings = self.settings();
         let ctx = self.host_context.read().unwrap_or_else(|p| p.into_inner());
         self.host
-            .fingerprint(&spec.path, &settings.module_dirs, settings.accel, &ctx)
+            .fingerprint(path, &settings.module_dirs, settings.accel, &ctx)
             .ok()
     }
 
@@ -301,7 +307,7 @@ impl Handler for Emulators {
     }
 
     fn load_file(&self, key: &str, bytes: &[u8]) -> Result<Entry, String> {
-        let spec = self.spec(key).ok_or("emulator no longer configured")?;
+        let path = self.path(key).ok_or("emulator no longer configured")?;
         let f: CacheFile =
             serde_json::from_slice(bytes).map_err(|e| format!("not a qcapsd cache file: {e}"))?;
         if f.format != FILE_FORMAT {
@@ -313,11 +319,11 @@ impl Handler for Emulators {
                 f.schema_version
             ));
         }
-        if f.path != spec.path {
+        if f.path != path {
             return Err(format!(
                 "probed {}, configured {}",
                 f.path.display(),
-                spec.path.display()
+                path.display()
             ));
         }
         if !f.exec_seconds.is_finite() || f.exec_seconds < 0.0 {

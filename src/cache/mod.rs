@@ -6,7 +6,7 @@
 //! when the data was made, [`Handler::new_data`] makes new data (a probe),
 //! [`Handler::load_file`] / [`Handler::save_file`] convert to and from disk.
 //!
-//! State: one [`Slot`] per key in a `std::sync::Mutex<HashMap>`. The lock is
+//! State: one `Slot` per key in a `std::sync::Mutex<HashMap>`. The lock is
 //! taken only to read or swap a slot, never across a stat, a probe or a
 //! write. Single flight: a slot holds at most one in-flight refresh (a task,
 //! so a caller that goes away does not cancel it for the others); lookups

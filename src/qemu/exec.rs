@@ -133,6 +133,15 @@ pub enum ExecError {
 }
 
 impl ExecError {
+    /// Whether a process was started before the error (so there is an exec
+    /// time to record).
+    pub fn started(&self) -> bool {
+        matches!(
+            self,
+            ExecError::Timeout { .. } | ExecError::Cancelled { .. } | ExecError::Qmp { .. }
+        )
+    }
+
     /// A short, bounded label for metrics (`reason`).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -165,6 +174,8 @@ fn status_suffix(status: &Option<String>) -> String {
 pub struct ExecReport {
     /// Wall time from spawn to reaped.
     pub duration: Duration,
+    /// Processes this session started (counted where they are spawned).
+    pub execs: u64,
 }
 
 type Session = Qmp<ChildStdout, ChildStdin>;
@@ -181,6 +192,7 @@ pub async fn with_qemu<T>(
     let started = Instant::now();
     let mut proc = Running::spawn(spec)?;
     counter.bump();
+    let execs = 1;
     let Some(mut qmp) = proc.qmp.take() else {
         return Err(ExecError::Spawn {
             path: spec.path.clone(),
@@ -200,6 +212,7 @@ pub async fn with_qemu<T>(
     let stderr = proc.stderr_text();
     let report = ExecReport {
         duration: started.elapsed(),
+        execs,
     };
     let path = spec.path.clone();
     match outcome {

@@ -118,7 +118,6 @@ pub async fn probe(
 ) -> Result<(Capabilities, ExecReport), ProbeError> {
     let started_at = SystemTime::now();
     let spec = ExecSpec::new(path, req.accel, req.timeout);
-    let before = counter.get();
     let (raw, report) = with_qemu(&spec, counter, cancel, async |qmp| {
         let mut raw = Raw {
             greeting: qmp.handshake().await?,
@@ -173,13 +172,13 @@ pub async fn probe(
         Ok(raw)
     })
     .await?;
-    let execs = counter.get() - before;
-    let caps = build(path, req, raw, started_at, report.duration, execs).map_err(|source| {
-        ProbeError::Parse {
-            path: path.display().to_string(),
-            source,
-        }
-    })?;
+    let caps =
+        build(path, req, raw, started_at, report.duration, report.execs).map_err(|source| {
+            ProbeError::Parse {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
     Ok((caps, report))
 }
 

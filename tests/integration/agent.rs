@@ -92,6 +92,12 @@ fn two_emulators_cost_two_execs_then_none_for_500_queries_or_a_restart() {
     );
     let doc = agent.get("/v1/emulators/x86_64").json();
     assert_eq!(doc["qemu"]["version"], "9.1.0");
+    // Probed in parallel at start, each document still counts its own exec.
+    assert_eq!(doc["probe"]["execs"], 1);
+    assert_eq!(
+        agent.get("/v1/emulators/aarch64").json()["probe"]["execs"],
+        1
+    );
     assert!(agent.stop().success());
 }
 
