@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 /// Events are gathered for this long before a pass (an upgrade touches many
 /// files at once).
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
+/// The shortest time between two passes woken by a retry.
+pub const MIN_PASS_GAP: Duration = Duration::from_millis(200);
 
 /// Watches `dirs` (those that exist); each event sends a wake-up. The
 /// watcher stops when dropped.
@@ -53,7 +55,12 @@ pub async fn run(agent: Arc<Agent>, mut reloaded: mpsc::Receiver<()>, shutdown: 
     }
     loop {
         let interval = *agent.config().revalidate_interval;
-        let retry = agent.cache.next_retry();
+        // Never sooner than MIN_PASS_GAP: whatever the retry times say, the
+        // revalidator cannot spin.
+        let retry = agent
+            .cache
+            .next_retry()
+            .map(|t| t.max(tokio::time::Instant::now() + MIN_PASS_GAP));
         let retry_sleep = async {
             match retry {
                 Some(t) => tokio::time::sleep_until(t).await,

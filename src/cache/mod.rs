@@ -633,10 +633,12 @@ impl<H: Handler> Cache<H> {
         (decision, Some(now))
     }
 
-    /// The earliest time a failed key may be retried, if any.
+    /// The earliest time a failed key may be retried, if any. Keys that are
+    /// missing or already refreshing have nothing to retry.
     pub fn next_retry(&self) -> Option<Instant> {
         self.lock()
             .values()
+            .filter(|s| !s.missing && s.flight.is_none())
             .filter_map(|s| s.failure.as_ref().map(|f| f.retry_at))
             .min()
     }

@@ -317,3 +317,18 @@ fn backoff_doubles_up_to_the_cap() {
     let d: Vec<u64> = (1..=6).map(|n| b.delay(n).as_secs()).collect();
     assert_eq!(d, [5, 10, 20, 40, 60, 60]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_key_that_goes_missing_has_nothing_to_retry() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    fake.fail.store(true, Ordering::SeqCst);
+    c.revalidate_all().await;
+    assert!(c.next_retry().is_some());
+    fake.set("a", None);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    c.revalidate_all().await;
+    assert_eq!(c.status("a").unwrap().state, State::Missing);
+    assert_eq!(c.next_retry(), None, "no wake-up for a missing binary");
+    assert_eq!(fake.count(), 1);
+}
