@@ -23,12 +23,12 @@ pub struct Agent {
 }
 
 fn settings(cfg: &Config) -> ProbeSettings {
-    ProbeSettings {
-        accel: Accel::Auto,
-        timeout: *cfg.probe_timeout,
-        devices: cfg.device_properties.clone(),
-        module_dirs: cfg.module_dirs(),
-    }
+    ProbeSettings::new(
+        Accel::Auto,
+        *cfg.probe_timeout,
+        cfg.device_properties.clone(),
+        cfg.module_dirs(),
+    )
 }
 
 impl Agent {
@@ -132,7 +132,14 @@ impl Agent {
             .values()
             .filter_map(|s| s.path.parent().map(PathBuf::from))
             .collect();
-        dirs.extend(self.cache.handler().settings().module_dirs.iter().cloned());
+        dirs.extend(
+            self.cache
+                .handler()
+                .settings()
+                .module_dir_candidates
+                .iter()
+                .cloned(),
+        );
         dirs.sort();
         dirs.dedup();
         dirs

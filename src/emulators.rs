@@ -150,7 +150,34 @@ pub struct ProbeSettings {
     pub accel: Accel,
     pub timeout: Duration,
     pub devices: Vec<String>,
+    /// Where QEMU modules may live (from the config).
+    pub module_dir_candidates: Vec<PathBuf>,
+    /// Those of them that exist: the ones a lookup stats. Re-derived on
+    /// each revalidation pass, so a module directory that appears later is
+    /// noticed (and changes every fingerprint) without a stat per lookup
+    /// of directories that are not there.
     pub module_dirs: Vec<PathBuf>,
+}
+
+impl ProbeSettings {
+    pub fn new(
+        accel: Accel,
+        timeout: Duration,
+        devices: Vec<String>,
+        candidates: Vec<PathBuf>,
+    ) -> Self {
+        ProbeSettings {
+            accel,
+            timeout,
+            devices,
+            module_dirs: existing(&candidates),
+            module_dir_candidates: candidates,
+        }
+    }
+}
+
+fn existing(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter().filter(|d| d.is_dir()).cloned().collect()
 }
 
 /// The cache handler for QEMU emulators.
@@ -206,8 +233,17 @@ impl Emulators {
             .clone()
     }
 
-    /// Re-reads kernel release, CPU signature and microcode.
+    /// Re-reads kernel release, CPU signature and microcode, and which
+    /// module directories exist.
     pub fn refresh_host_context(&self) {
+        let settings = self.settings();
+        let dirs = existing(&settings.module_dir_candidates);
+        if dirs != settings.module_dirs {
+            tracing::info!(?dirs, "QEMU module directories changed");
+            let mut s = (*settings).clone();
+            s.module_dirs = dirs;
+            self.set_settings(s);
+        }
         let ctx = self.host.context();
         let mut cur = self.host_context.write().unwrap_or_else(|p| p.into_inner());
         if *cur != ctx {

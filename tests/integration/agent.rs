@@ -494,3 +494,36 @@ fn check_config_says_what_it_would_do_or_names_the_fault() {
     let out = common::qcapsd(&["run", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn a_new_qemu_module_reprobes_once() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fleet(d.path());
+    let modules = d.path().join("qemu-modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    let yaml = format!(
+        "{}module_dirs: [{}]\nrevalidate_interval: 1h\n",
+        emulators_yaml(&f),
+        modules.display()
+    );
+    let agent = AgentProc::start(d.path(), &yaml);
+    let doc = agent.get("/v1/emulators/x86_64").json();
+    assert_eq!(
+        doc["cache"]["fingerprint"]["module_dirs"][0][0],
+        modules.display().to_string()
+    );
+    // A module package adds a file: the directory's mtime moves.
+    std::fs::write(modules.join("hw-display-virtio-gpu.so"), b"").unwrap();
+    agent.get("/v1/emulators/x86_64");
+    agent.get("/v1/emulators/aarch64");
+    wait_for_state(&agent, "x86_64", "fresh");
+    wait_for_state(&agent, "aarch64", "fresh");
+    assert_eq!((count(&f.x86_count), count(&f.arm_count)), (2, 2));
+    let m = agent.get("/metrics").text();
+    assert!(
+        m.contains(
+            "qcapsd_cache_invalidations_total{emulator=\"x86_64\",reason=\"modules_changed\"} 1"
+        ),
+        "{m}"
+    );
+}
