@@ -8,6 +8,10 @@
 //! one iteration as a smoke test. QEMU_BIN and QCAPSD_BENCH_ITERS override
 //! the binary and the iteration count.
 
+// Tests and benchmarks run tools and binaries; the exec ban is for the
+// agent (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use qcapsd::qemu::{Accel, ExecCounter, ProbeRequest, probe};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

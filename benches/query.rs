@@ -11,6 +11,10 @@
 //! Under `cargo test` (no `--bench`) it runs a one-second smoke pass.
 //! QEMU_BIN, QCAPSD_BENCH_SECONDS and QCAPSD_BENCH_CONNECTIONS override.
 
+// Tests and benchmarks run tools and binaries; the exec ban is for the
+// agent (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use qcapsd::config::Config;
 use qcapsd::daemon;
 use std::path::PathBuf;
