@@ -23,6 +23,11 @@ pub const DEFAULT_PROBE_CONCURRENCY: usize = 2;
 pub const ROOT_CACHE_DIR: &str = "/var/cache/qcapsd";
 /// Directories searched, besides PATH, by the default discovery.
 pub const DISCOVERY_EXTRA_DIRS: &[&str] = &["/usr/libexec"];
+/// The longest duration any key accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Upper bounds that keep a typo from becoming a resource problem.
+pub const MAX_PROBE_CONCURRENCY: usize = 64;
+pub const MAX_CONNECTIONS: usize = 100_000;
 /// File-name patterns of the default discovery.
 pub const DISCOVERY_PATTERNS: &[&str] = &["qemu-system-*", "qemu-kvm", "kvm"];
 
@@ -241,6 +246,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if d.is_zero() {
         return Err(format!("duration '{s}' must be more than zero"));
     }
+    if d > MAX_DURATION {
+        return Err(format!("duration '{s}' is longer than a year"));
+    }
     Ok(d)
 }
 
@@ -274,6 +282,29 @@ impl Config {
             if d.is_empty() || d.len() > 128 {
                 return Err(format!("device_properties: bad device name '{d}'"));
             }
+        }
+        let at = |key: &str| {
+            line_of_key(text, key)
+                .map(|l| format!(" at line {l}"))
+                .unwrap_or_default()
+        };
+        if cfg.probe_concurrency.get() > MAX_PROBE_CONCURRENCY {
+            return Err(format!(
+                "probe_concurrency: at most {MAX_PROBE_CONCURRENCY}{}",
+                at("probe_concurrency")
+            ));
+        }
+        if cfg.http.max_connections.get() > MAX_CONNECTIONS {
+            return Err(format!(
+                "http.max_connections: at most {MAX_CONNECTIONS}{}",
+                at("max_connections")
+            ));
+        }
+        if cfg.http.max_header_bytes.get() > 1 << 20 {
+            return Err(format!(
+                "http.max_header_bytes: at most 1048576{}",
+                at("max_header_bytes")
+            ));
         }
         // Names of explicit paths must be unique; the rest is checked once
         // globs are resolved.
@@ -408,6 +439,17 @@ fn locate(text: &str, e: serde_yaml::Error) -> String {
         return format!("{key}{msg} at line {}", loc.line());
     }
     msg
+}
+
+/// The line (1-based) of the first `key:` in the text.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .trim_start_matches("- ")
+                .starts_with(&format!("{key}:"))
+        })
+        .map(|i| i + 1)
 }
 
 /// The line (1-based) of the second `name: n` in the text, for an error
@@ -624,6 +666,19 @@ mod tests {
             Config::parse("emulators:\n  - path: /a\n    name: ../etc\n")
                 .unwrap_err()
                 .contains("name '../etc'")
+        );
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        let e = Config::parse("cache_dir: /x\nprobe_concurrency: 1000\n").unwrap_err();
+        assert_eq!(e, "probe_concurrency: at most 64 at line 2");
+        let e = Config::parse("http:\n  max_connections: 99999999999\n").unwrap_err();
+        assert_eq!(e, "http.max_connections: at most 100000 at line 2");
+        let e = Config::parse("probe_timeout: 99999999h\n").unwrap_err();
+        assert!(
+            e.contains("longer than a year") && e.contains("line 1"),
+            "{e}"
         );
     }
 
