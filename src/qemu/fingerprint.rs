@@ -11,7 +11,6 @@
 use super::caps::SCHEMA_VERSION;
 use super::exec::Accel;
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Identity of a file as `stat` reports it (nanosecond times). ctime is
@@ -27,14 +26,20 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
+    /// One `statx` asking only for the basic fields (cheaper than
+    /// `std::fs::metadata`, which asks for everything); follows symlinks.
     pub fn of(path: &Path) -> std::io::Result<FileStamp> {
-        let m = std::fs::metadata(path)?;
+        use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+        let st = statx(CWD, path, AtFlags::empty(), StatxFlags::BASIC_STATS)?;
+        let ns = |t: rustix::fs::StatxTimestamp| {
+            i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec)
+        };
         Ok(FileStamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            size: st.stx_size,
+            mtime_ns: ns(st.stx_mtime),
+            ctime_ns: ns(st.stx_ctime),
         })
     }
 }
@@ -198,6 +203,26 @@ mod tests {
         let arm = "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU architecture: 8\n\
                    CPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n";
         assert_eq!(parse_cpuinfo(arm), ("0x41/8/0xd0c/1".to_owned(), None));
+    }
+
+    #[test]
+    fn file_stamp_agrees_with_std_metadata() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, "12345").unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        let s = FileStamp::of(&f).unwrap();
+        assert_eq!((s.dev, s.ino, s.size), (m.dev(), m.ino(), 5));
+        assert_eq!(
+            s.mtime_ns,
+            i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+        );
+        assert_eq!(
+            s.ctime_ns,
+            i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
+        );
+        assert!(FileStamp::of(&d.path().join("none")).is_err());
     }
 
     #[test]
