@@ -400,7 +400,7 @@ impl cache::Observer<Entry> for MetricsObserver {
     }
     fn invalidated(&self, key: &str, reason: &'static str) {
         tracing::info!(emulator = key, reason, "cache entry invalidated");
-        self.0.invalidations.with_label_values(&[key, reason]).inc();
+        self.0.record_invalidation(key, reason);
     }
     fn revalidation(&self) {
         self.0.revalidations.inc();

@@ -44,6 +44,10 @@ pub struct Metrics {
     /// Totals behind the hit ratio (all emulators, since start).
     total_lookups: AtomicU64,
     total_hits: AtomicU64,
+    /// (emulator, reason) pairs of the reason-labelled counters, so a
+    /// removed emulator's series can all be deleted. Touched only on
+    /// misses, invalidations and failures, never on a hit.
+    reasons: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -215,6 +219,7 @@ impl Metrics {
             )?,
             total_lookups: AtomicU64::new(0),
             total_hits: AtomicU64::new(0),
+            reasons: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             registry,
         };
         m.build_info
@@ -243,6 +248,7 @@ impl Metrics {
     pub fn record_miss(&self, emulator: &str, reason: &str) {
         self.lookups.with_label_values(&[emulator]).inc();
         self.misses.with_label_values(&[emulator, reason]).inc();
+        self.note_reason(emulator, reason);
         self.total_lookups.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -257,10 +263,40 @@ impl Metrics {
         }
     }
 
+    pub fn record_invalidation(&self, emulator: &str, reason: &str) {
+        self.invalidations
+            .with_label_values(&[emulator, reason])
+            .inc();
+        self.note_reason(emulator, reason);
+    }
+
+    pub fn record_probe_failure(&self, emulator: &str, reason: &str) {
+        self.probe_failures
+            .with_label_values(&[emulator, reason])
+            .inc();
+        self.note_reason(emulator, reason);
+    }
+
+    fn note_reason(&self, emulator: &str, reason: &str) {
+        let mut r = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.contains(&(emulator.to_owned(), reason.to_owned())) {
+            r.insert((emulator.to_owned(), reason.to_owned()));
+        }
+    }
+
     /// Forgets every series of an emulator no longer configured.
     pub fn remove_emulator(&self, emulator: &str) {
         for v in [&self.probes, &self.lookups, &self.hits] {
             let _ = v.remove_label_values(&[emulator]);
+        }
+        let mut r = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<(String, String)> =
+            r.iter().filter(|(e, _)| e == emulator).cloned().collect();
+        for (e, reason) in gone {
+            for v in [&self.misses, &self.invalidations, &self.probe_failures] {
+                let _ = v.remove_label_values(&[&e, &reason]);
+            }
+            r.remove(&(e, reason));
         }
         let _ = self.exec_duration.remove_label_values(&[emulator]);
         let _ = self.seconds_saved.remove_label_values(&[emulator]);
@@ -328,6 +364,24 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_removed_emulator_loses_every_series() {
+        let m = Metrics::register().unwrap();
+        for e in ["gone", "kept"] {
+            m.record_hit(e, 0.1);
+            m.record_miss(e, "binary_changed");
+            m.record_invalidation(e, "binary_changed");
+            m.record_probe_failure(e, "timeout");
+            m.probes.with_label_values(&[e]).inc();
+        }
+        m.remove_emulator("gone");
+        let text = String::from_utf8(m.encode().unwrap()).unwrap();
+        assert!(!text.contains("emulator=\"gone\""), "{text}");
+        assert!(
+            text.contains("qcapsd_probe_failures_total{emulator=\"kept\",reason=\"timeout\"} 1")
+        );
     }
 
     #[test]

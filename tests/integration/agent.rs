@@ -397,6 +397,11 @@ fn sighup_reloads_added_and_removed_emulators() {
     assert_eq!(agent.get("/v1/emulators/aarch64").status, 200);
     assert_eq!(agent.get("/v1/emulators/x86_64").status, 404);
     assert_eq!(count(&f.arm_count), 1);
+    let m = agent.get("/metrics").text();
+    assert!(
+        !m.contains("emulator=\"x86_64\""),
+        "a removed emulator's series go: {m}"
+    );
     assert!(
         !d.path().join("cache/x86_64.json").exists(),
         "a removed emulator's file goes"
