@@ -18,6 +18,9 @@ pub struct Agent {
     /// Serializes gauge refresh and encoding, so concurrent scrapes never
     /// see the per-emulator gauges half rebuilt.
     scrape: std::sync::Mutex<()>,
+    /// Set once the start-up pass (disk, probes, cache files written) is
+    /// over.
+    started: std::sync::atomic::AtomicBool,
     /// The config in force; replaced whole by [`Agent::reload`].
     config: RwLock<Arc<Config>>,
 }
@@ -54,6 +57,7 @@ impl Agent {
             cache,
             metrics,
             scrape: std::sync::Mutex::new(()),
+            started: std::sync::atomic::AtomicBool::new(false),
             config: RwLock::new(Arc::new(cfg)),
         }))
     }
@@ -84,6 +88,8 @@ impl Agent {
             total - from_disk
         );
         self.cache.revalidate_all().await;
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
         tracing::info!(execs = self.cache.handler().counter.get(), "ready");
     }
 
@@ -145,9 +151,10 @@ impl Agent {
         dirs
     }
 
-    /// Ready once every emulator has an answer.
+    /// Ready once start-up is over and every emulator has an answer
+    /// (capabilities, a failure, or a missing binary).
     pub fn ready(&self) -> bool {
-        self.cache.ready()
+        self.started.load(std::sync::atomic::Ordering::Acquire) && self.cache.ready()
     }
 
     /// The /metrics text: per-emulator gauges refreshed from the cache
