@@ -19,7 +19,7 @@
 //! opened as a path or executed.
 
 use crate::agent::Agent;
-use crate::cache::{Answer, LookupError, State as CacheState};
+use crate::cache::{Answer, Lookup, LookupError, State as CacheState};
 use crate::config::HttpLimits;
 use crate::emulators::{Entry, Part, Rendered};
 use axum::Router;
@@ -44,6 +44,9 @@ pub struct Ctx {
     pub agent: Arc<Agent>,
     /// Host facts that never change while the agent runs (sysinfo).
     pub static_host: Arc<StaticHost>,
+    /// How long a request may wait on a probe (`http.request_timeout`).
+    /// Answers from memory take no timer at all.
+    pub request_timeout: Duration,
 }
 
 /// CPU brand and count, memory and host name, read once at start.
@@ -94,10 +97,6 @@ pub fn router(ctx: Ctx, limits: &HttpLimits) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            *limits.request_timeout,
-        ))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             limits.max_body_bytes,
         ))
@@ -106,35 +105,30 @@ pub fn router(ctx: Ctx, limits: &HttpLimits) -> Router {
 }
 
 /// Only `/metrics` and the health checks, for `metrics_listen`.
-pub fn metrics_router(ctx: Ctx, limits: &HttpLimits) -> Router {
+pub fn metrics_router(ctx: Ctx) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            *limits.request_timeout,
-        ))
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
         .with_state(ctx)
 }
 
-/// Counts and times every request by route template and status code.
+/// Counts and times every request by route template and status code
+/// (no allocation: the matched route is shared, the code a static string).
 async fn observe(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let start = Instant::now();
     let resp = next.run(req).await;
-    let code = resp.status().as_u16().to_string();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let status = resp.status();
+    let labels = [route, status.as_str()];
     let m = &ctx.agent.metrics;
-    m.http_requests.with_label_values(&[&route, &code]).inc();
+    m.http_requests.with_label_values(&labels).inc();
     m.http_duration
-        .with_label_values(&[&route, &code])
+        .with_label_values(&labels)
         .observe(start.elapsed().as_secs_f64());
     resp
 }
@@ -272,13 +266,27 @@ async fn list(State(ctx): State<Ctx>) -> Response {
     json_value(StatusCode::OK, &rows)
 }
 
-/// Looks up a configured emulator; every failure is a JSON error.
+/// Looks up a configured emulator; every failure is a JSON error. Only a
+/// lookup that must wait on a probe is bounded by `request_timeout` (the
+/// probe itself goes on for the next caller).
 async fn lookup(ctx: &Ctx, name: &str) -> Result<Answer<Entry>, Response> {
-    ctx.agent
-        .cache
-        .lookup(name)
-        .await
-        .map_err(|e| lookup_error(ctx, name, &e))
+    let answer = match ctx.agent.cache.begin(name) {
+        Ok(Lookup::Ready(a)) => Ok(a),
+        Ok(Lookup::Waiting(w)) => match tokio::time::timeout(ctx.request_timeout, w.wait()).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "emulator '{name}' is being probed and did not finish within {}s; retry shortly",
+                        ctx.request_timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        },
+        Err(e) => Err(e),
+    };
+    answer.map_err(|e| lookup_error(ctx, name, &e))
 }
 
 fn lookup_error(ctx: &Ctx, name: &str, e: &LookupError) -> Response {

@@ -72,6 +72,7 @@ pub async fn serve(
     let ctx = Ctx {
         agent: Arc::clone(&agent),
         static_host: Arc::new(StaticHost::read()),
+        request_timeout: *cfg.http.request_timeout,
     };
     let limits = cfg.http.clone();
     let bind = |addr: std::net::SocketAddr| async move {
@@ -107,7 +108,7 @@ pub async fn serve(
         let l = bind(addr).await?;
         tracing::info!(addr = %addr, "metrics listening");
         let (app, limits, stop) = (
-            api::metrics_router(ctx.clone(), &limits),
+            api::metrics_router(ctx.clone()),
             limits.clone(),
             until(&shutdown),
         );

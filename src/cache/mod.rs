@@ -105,6 +105,29 @@ pub struct Answer<D> {
     pub stale: bool,
 }
 
+/// What [`Cache::begin`] found.
+pub enum Lookup<D> {
+    /// Answered now (a hit, or stale data while backing off).
+    Ready(Answer<D>),
+    /// A refresh is under way; its outcome will answer.
+    Waiting(Waiter<D>),
+}
+
+/// A lookup waiting on a refresh.
+pub struct Waiter<D> {
+    rx: FlightRx<D>,
+}
+
+impl<D> Waiter<D> {
+    pub async fn wait(mut self) -> Result<Answer<D>, LookupError> {
+        wait(&mut self.rx).await.map(|data| Answer {
+            data,
+            hit: false,
+            stale: false,
+        })
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum LookupError {
     #[error("unknown key")]
@@ -349,9 +372,19 @@ impl<H: Handler> Cache<H> {
     /// Answers `key`: from memory when its stamp still matches (a hit),
     /// otherwise after one refresh shared with every concurrent caller.
     pub async fn lookup(self: &Arc<Self>, key: &str) -> Result<Answer<H::Data>, LookupError> {
+        match self.begin(key)? {
+            Lookup::Ready(a) => Ok(a),
+            Lookup::Waiting(w) => w.wait().await,
+        }
+    }
+
+    /// The synchronous half of [`Cache::lookup`]: the answer when there is
+    /// one now (no timer, no await on the hot path), or the refresh to wait
+    /// for (so a caller can bound the wait).
+    pub fn begin(self: &Arc<Self>, key: &str) -> Result<Lookup<H::Data>, LookupError> {
         // Stat before taking the lock: no I/O under it.
         let now = self.handler.stamp(key);
-        let mut rx = {
+        let rx = {
             let mut slots = self.lock();
             let slot = slots.get_mut(key).ok_or(LookupError::Unknown)?;
             let Some(now) = now else {
@@ -367,11 +400,11 @@ impl<H: Handler> Cache<H> {
                 if self.handler.data_stamp(data) == &now {
                     let stale = slot.failure.is_some();
                     self.observer.hit(key, data);
-                    return Ok(Answer {
+                    return Ok(Lookup::Ready(Answer {
                         data: Arc::clone(data),
                         hit: true,
                         stale,
-                    });
+                    }));
                 }
             }
             match &slot.flight {
@@ -386,11 +419,11 @@ impl<H: Handler> Cache<H> {
                             // and no valid entry either.
                             self.observer.miss(key, "failed");
                             return match &slot.data {
-                                Some(d) => Ok(Answer {
+                                Some(d) => Ok(Lookup::Ready(Answer {
                                     data: Arc::clone(d),
                                     hit: false,
                                     stale: true,
-                                }),
+                                })),
                                 None => Err(LookupError::Failed(Arc::clone(&f.error))),
                             };
                         }
@@ -404,11 +437,7 @@ impl<H: Handler> Cache<H> {
                 }
             }
         };
-        wait(&mut rx).await.map(|data| Answer {
-            data,
-            hit: false,
-            stale: false,
-        })
+        Ok(Lookup::Waiting(Waiter { rx }))
     }
 
     /// Why `slot` needs a refresh given the source's stamp `now`.

@@ -482,3 +482,52 @@ fn slow_clients_are_dropped_and_connections_are_limited() {
     );
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn a_request_waiting_on_a_slow_probe_gets_503_and_the_probe_goes_on() {
+    let s = setup("http:\n  request_timeout: 300ms\n");
+    let a = &s.agent;
+    // The upgraded binary takes a while to answer QMP.
+    let staged = common::script(
+        s.x86.parent().unwrap(),
+        ".slow",
+        &format!(
+            "sleep 2\nexec '{}'",
+            counting_emulator(
+                s.x86.parent().unwrap(),
+                ".slow-inner",
+                &transcript("caps_9.1.0_x86_64.replies"),
+                &s.x86_count
+            )
+            .display()
+        ),
+    );
+    std::fs::rename(staged, &s.x86).unwrap();
+    let r = a.get("/v1/emulators/x86_64/machines");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("is being probed"),
+        "{}",
+        r.text()
+    );
+    // Answers from memory stay instant meanwhile.
+    assert_eq!(a.get("/healthz").status, 200);
+    let mut fresh = None;
+    for _ in 0..400 {
+        let r = a.get("/v1/emulators/x86_64");
+        if r.status == 200 {
+            fresh = Some(r.json());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(fresh.expect("probe finished")["qemu"]["version"], "9.1.0");
+    assert_eq!(
+        count(&s.x86_count),
+        2,
+        "one probe, however many requests waited"
+    );
+}
