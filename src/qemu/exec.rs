@@ -11,6 +11,7 @@
 use super::qmp::{DEFAULT_MAX_MESSAGE, Qmp, QmpError};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -192,7 +193,6 @@ pub async fn with_qemu<T>(
     let started = Instant::now();
     let mut proc = Running::spawn(spec)?;
     counter.bump();
-    let execs = 1;
     let Some(mut qmp) = proc.qmp.take() else {
         return Err(ExecError::Spawn {
             path: spec.path.clone(),
@@ -212,7 +212,7 @@ pub async fn with_qemu<T>(
     let stderr = proc.stderr_text();
     let report = ExecReport {
         duration: started.elapsed(),
-        execs,
+        execs: 1,
     };
     let path = spec.path.clone();
     match outcome {
@@ -220,9 +220,8 @@ pub async fn with_qemu<T>(
         Outcome::Done(Err(source)) => Err(ExecError::Qmp {
             path,
             source: Box::new(source),
-            status: status
-                .filter(|s| s.signal().is_none() || !proc.killed_by_us)
-                .map(describe_status),
+            // QEMU's own exit status, not the SIGKILL we sent.
+            status: status.filter(|_| !proc.killed_by_us).map(describe_status),
             stderr,
         }),
         Outcome::TimedOut => Err(ExecError::Timeout {
@@ -239,8 +238,6 @@ enum Outcome<T> {
     TimedOut,
     Cancelled,
 }
-
-use std::os::unix::process::ExitStatusExt;
 
 fn describe_status(s: ExitStatus) -> String {
     match (s.code(), s.signal()) {
@@ -358,15 +355,11 @@ impl Running {
     }
 
     /// Waits up to `grace` for the leader to exit on its own, without
-    /// reaping it (so its pid, and the group id, cannot be reused yet).
+    /// reaping it.
     async fn grace_for_exit(&self, grace: Duration) {
         let Some(pid) = self.pgid else { return };
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            let opts = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
-            if let Ok(Some(_)) = rustix::process::waitid(WaitId::Pid(pid), opts) {
-                return;
-            }
+        while Instant::now() < deadline && !exited_unreaped(pid) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -375,7 +368,7 @@ impl Running {
     /// not reaped before the kill, so the group id still names our group.
     async fn kill_and_reap(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let exited_alone = matches!(child.try_wait_nowait(), Some(true));
+        let exited_alone = self.pgid.is_some_and(exited_unreaped);
         self.kill_group();
         self.killed_by_us = !exited_alone;
         let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
@@ -433,18 +426,9 @@ impl Drop for Running {
     }
 }
 
-/// Whether the child has exited, checked without reaping it.
-trait TryWaitNoWait {
-    fn try_wait_nowait(&self) -> Option<bool>;
-}
-
-impl TryWaitNoWait for Child {
-    fn try_wait_nowait(&self) -> Option<bool> {
-        let pid = Pid::from_raw(self.id()? as i32)?;
-        let opts = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
-        Some(matches!(
-            rustix::process::waitid(WaitId::Pid(pid), opts),
-            Ok(Some(_))
-        ))
-    }
+/// Whether `pid` has exited, checked without reaping it (so its pid, and
+/// the group id, cannot be reused yet).
+fn exited_unreaped(pid: Pid) -> bool {
+    let opts = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG;
+    matches!(rustix::process::waitid(WaitId::Pid(pid), opts), Ok(Some(_)))
 }
