@@ -29,7 +29,7 @@ use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
@@ -84,12 +84,15 @@ pub fn router(ctx: Ctx, limits: &HttpLimits) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/v1/emulators", get(list))
-        .route("/v1/emulators/{name}", get(document))
-        .route("/v1/emulators/{name}/machines", get(machines))
-        .route("/v1/emulators/{name}/cpu-models", get(cpu_models))
-        .route("/v1/emulators/{name}/devices", get(devices))
+        .route("/v1/emulators/{name}", part_route(|r| &r.full))
+        .route("/v1/emulators/{name}/machines", part_route(|r| &r.machines))
+        .route(
+            "/v1/emulators/{name}/cpu-models",
+            part_route(|r| &r.cpu_models),
+        )
+        .route("/v1/emulators/{name}/devices", part_route(|r| &r.devices))
         .route("/v1/emulators/{name}/devices/{device}", get(device))
-        .route("/v1/emulators/{name}/commands", get(commands))
+        .route("/v1/emulators/{name}/commands", part_route(|r| &r.commands))
         .route("/v1/emulators/{name}/revalidate", post(revalidate))
         .route("/v1/host", get(host))
         .route("/healthz", get(healthz))
@@ -353,40 +356,13 @@ fn answer_kind(a: &Answer<Entry>) -> &'static str {
     }
 }
 
-async fn document(
-    State(ctx): State<Ctx>,
-    name: Result<Path<String>, PathRejection>,
-    h: HeaderMap,
-) -> Response {
-    serve_part(&ctx, name, &h, |r| &r.full).await
-}
-async fn machines(
-    State(ctx): State<Ctx>,
-    name: Result<Path<String>, PathRejection>,
-    h: HeaderMap,
-) -> Response {
-    serve_part(&ctx, name, &h, |r| &r.machines).await
-}
-async fn cpu_models(
-    State(ctx): State<Ctx>,
-    name: Result<Path<String>, PathRejection>,
-    h: HeaderMap,
-) -> Response {
-    serve_part(&ctx, name, &h, |r| &r.cpu_models).await
-}
-async fn devices(
-    State(ctx): State<Ctx>,
-    name: Result<Path<String>, PathRejection>,
-    h: HeaderMap,
-) -> Response {
-    serve_part(&ctx, name, &h, |r| &r.devices).await
-}
-async fn commands(
-    State(ctx): State<Ctx>,
-    name: Result<Path<String>, PathRejection>,
-    h: HeaderMap,
-) -> Response {
-    serve_part(&ctx, name, &h, |r| &r.commands).await
+/// The GET route of one pre-rendered part of an emulator's entry.
+fn part_route(pick: fn(&Rendered) -> &Part) -> MethodRouter<Ctx> {
+    get(
+        move |State(ctx): State<Ctx>, name: Result<Path<String>, PathRejection>, h: HeaderMap| async move {
+            serve_part(&ctx, name, &h, pick).await
+        },
+    )
 }
 
 async fn device(
