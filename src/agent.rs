@@ -41,10 +41,10 @@ impl Agent {
         let metrics = Arc::new(Metrics::register().map_err(|e| format!("metrics: {e}"))?);
         let handler = Arc::new(Emulators::new(
             Host::new(&cfg.host_root.0),
+            &specs,
             settings(&cfg),
             Arc::clone(&metrics),
         ));
-        handler.set_table(&specs);
         let cache = Cache::new(
             handler,
             Store::new(&cfg.cache_dir.0),
@@ -109,11 +109,10 @@ impl Agent {
             tracing::warn!("cache_dir and host_root change only on restart");
         }
         let handler = self.cache.handler();
-        let old_table = handler.table();
-        handler.set_settings(settings(&cfg));
-        handler.set_table(&specs);
+        let old = handler.view();
+        handler.configure(&specs, settings(&cfg));
         for s in &specs {
-            if old_table.get(&s.name).is_some_and(|o| o.path != s.path) {
+            if old.table.get(&s.name).is_some_and(|o| o.path != s.path) {
                 tracing::info!(emulator = %s.name, path = %s.path.display(), "emulator path changed");
                 self.cache.reset(&s.name);
             }
@@ -131,21 +130,13 @@ impl Agent {
     /// Directories to watch for package upgrades: each binary's directory
     /// and the module directories.
     pub fn watch_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self
-            .cache
-            .handler()
-            .table()
+        let view = self.cache.handler().view();
+        let mut dirs: Vec<PathBuf> = view
+            .table
             .values()
             .filter_map(|s| s.path.parent().map(PathBuf::from))
             .collect();
-        dirs.extend(
-            self.cache
-                .handler()
-                .settings()
-                .module_dir_candidates
-                .iter()
-                .cloned(),
-        );
+        dirs.extend(view.settings.module_dir_candidates.iter().cloned());
         dirs.sort();
         dirs.dedup();
         dirs
@@ -168,9 +159,10 @@ impl Agent {
     fn update_gauges(&self) {
         let m = &self.metrics;
         m.emulator_info.reset();
-        let table = self.cache.handler().table();
+        let view = self.cache.handler().view();
         for st in self.cache.statuses() {
-            let path = table
+            let path = view
+                .table
                 .get(&st.key)
                 .map(|s| s.path.display().to_string())
                 .unwrap_or_default();

@@ -242,7 +242,7 @@ struct EmulatorRow {
 }
 
 async fn list(State(ctx): State<Ctx>) -> Response {
-    let table = ctx.agent.cache.handler().table();
+    let view = ctx.agent.cache.handler().view();
     let rows: Vec<EmulatorRow> = ctx
         .agent
         .cache
@@ -251,7 +251,8 @@ async fn list(State(ctx): State<Ctx>) -> Response {
         .map(|s| {
             let d = s.data.as_deref();
             EmulatorRow {
-                path: table
+                path: view
+                    .table
                     .get(&s.key)
                     .map(|t| t.path.display().to_string())
                     .unwrap_or_default(),
@@ -306,7 +307,8 @@ fn lookup_error(ctx: &Ctx, name: &str, e: &LookupError) -> Response {
                 .agent
                 .cache
                 .handler()
-                .table()
+                .view()
+                .table
                 .get(name)
                 .map(|s| s.path.display().to_string())
                 .unwrap_or_default();
@@ -428,14 +430,14 @@ struct KvmDoc {
 
 async fn host(State(ctx): State<Ctx>) -> Response {
     let handler = ctx.agent.cache.handler();
-    let c = handler.host_context();
+    let c = Arc::clone(&handler.view().host);
     let root = &ctx.agent.config().host_root.0;
     json_value(
         StatusCode::OK,
         &HostDoc {
-            kernel_release: c.kernel_release,
-            cpu_signature: c.cpu_signature,
-            microcode: c.microcode,
+            kernel_release: c.kernel_release.clone(),
+            cpu_signature: c.cpu_signature.clone(),
+            microcode: c.microcode.clone(),
             kvm: KvmDoc {
                 device: root.join("dev/kvm").display().to_string(),
                 usable: handler.host().kvm_usable(),

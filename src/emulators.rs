@@ -180,85 +180,98 @@ fn existing(dirs: &[PathBuf]) -> Vec<PathBuf> {
     dirs.iter().filter(|d| d.is_dir()).cloned().collect()
 }
 
+fn table_of(specs: &[EmulatorSpec]) -> BTreeMap<String, EmulatorSpec> {
+    specs.iter().map(|s| (s.name.clone(), s.clone())).collect()
+}
+
+/// Everything a lookup reads, swapped whole (on reload, and when a
+/// revalidation pass finds the host changed) so a lookup takes one read
+/// lock.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// Configured name → spec.
+    pub table: BTreeMap<String, EmulatorSpec>,
+    pub settings: ProbeSettings,
+    /// Kernel, CPU, microcode: re-read by the revalidator, not per lookup.
+    pub host: Arc<HostContext>,
+}
+
 /// The cache handler for QEMU emulators.
 pub struct Emulators {
-    /// name → spec. Swapped whole on reload; read on every lookup.
-    table: RwLock<Arc<BTreeMap<String, EmulatorSpec>>>,
-    settings: RwLock<Arc<ProbeSettings>>,
+    view: RwLock<Arc<View>>,
     host: Host,
-    /// Kernel, CPU, microcode: re-read by the revalidator, not per lookup.
-    host_context: RwLock<HostContext>,
     pub counter: ExecCounter,
     metrics: Arc<Metrics>,
 }
 
 impl Emulators {
-    pub fn new(host: Host, settings: ProbeSettings, metrics: Arc<Metrics>) -> Self {
-        let ctx = host.context();
+    pub fn new(
+        host: Host,
+        specs: &[EmulatorSpec],
+        settings: ProbeSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let view = View {
+            table: table_of(specs),
+            settings,
+            host: Arc::new(host.context()),
+        };
         Emulators {
-            table: RwLock::new(Arc::new(BTreeMap::new())),
-            settings: RwLock::new(Arc::new(settings)),
+            view: RwLock::new(Arc::new(view)),
             host,
-            host_context: RwLock::new(ctx),
             counter: ExecCounter::default(),
             metrics,
         }
     }
 
-    pub fn set_table(&self, specs: &[EmulatorSpec]) {
-        let t = specs.iter().map(|s| (s.name.clone(), s.clone())).collect();
-        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(t);
+    /// The current snapshot.
+    pub fn view(&self) -> Arc<View> {
+        Arc::clone(&self.view.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub fn set_settings(&self, s: ProbeSettings) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(s);
+    /// Replaces the snapshot with `change` applied to a copy of it.
+    fn update(&self, change: impl FnOnce(&mut View)) {
+        let mut guard = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let mut v = (**guard).clone();
+        change(&mut v);
+        *guard = Arc::new(v);
     }
 
-    pub fn table(&self) -> Arc<BTreeMap<String, EmulatorSpec>> {
-        Arc::clone(&self.table.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    pub fn settings(&self) -> Arc<ProbeSettings> {
-        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    /// Applies a (re)loaded config: the emulator table and probe settings.
+    pub fn configure(&self, specs: &[EmulatorSpec], settings: ProbeSettings) {
+        let table = table_of(specs);
+        self.update(|v| {
+            v.table = table;
+            v.settings = settings;
+        });
     }
 
     pub fn host(&self) -> &Host {
         &self.host
     }
 
-    pub fn host_context(&self) -> HostContext {
-        self.host_context
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     /// Re-reads kernel release, CPU signature and microcode, and which
-    /// module directories exist.
+    /// module directories exist; swaps the snapshot only if one changed.
     pub fn refresh_host_context(&self) {
-        let settings = self.settings();
-        let dirs = existing(&settings.module_dir_candidates);
-        if dirs != settings.module_dirs {
-            tracing::info!(?dirs, "QEMU module directories changed");
-            let mut s = (*settings).clone();
-            s.module_dirs = dirs;
-            self.set_settings(s);
-        }
+        let view = self.view();
+        let dirs = existing(&view.settings.module_dir_candidates);
         let ctx = self.host.context();
-        let mut cur = self.host_context.write().unwrap_or_else(|p| p.into_inner());
-        if *cur != ctx {
-            tracing::info!(old = ?*cur, new = ?ctx, "host context changed");
-            *cur = ctx;
+        let dirs_changed = dirs != view.settings.module_dirs;
+        let host_changed = ctx != *view.host;
+        if dirs_changed {
+            tracing::info!(?dirs, "QEMU module directories changed");
         }
-    }
-
-    fn spec(&self, key: &str) -> Option<EmulatorSpec> {
-        self.table().get(key).cloned()
-    }
-
-    /// The configured path of `key`, if it is configured.
-    fn path(&self, key: &str) -> Option<PathBuf> {
-        self.table().get(key).map(|s| s.path.clone())
+        if host_changed {
+            tracing::info!(old = ?view.host, new = ?ctx, "host context changed");
+        }
+        if dirs_changed || host_changed {
+            self.update(|v| {
+                v.settings.module_dirs = dirs;
+                if host_changed {
+                    v.host = Arc::new(ctx);
+                }
+            });
+        }
     }
 }
 
@@ -278,12 +291,11 @@ impl Handler for Emulators {
     type Error = RefreshError;
 
     fn stamp(&self, key: &str) -> Option<Fingerprint> {
-        let table = self.table();
-        let path = &table.get(key)?.path;
-        let settings = self.settings();
-        let ctx = self.host_context.read().unwrap_or_else(|p| p.into_inner());
+        let view = self.view();
+        let path = &view.table.get(key)?.path;
+        let s = &view.settings;
         self.host
-            .fingerprint(path, &settings.module_dirs, settings.accel, &ctx)
+            .fingerprint(path, &s.module_dirs, s.accel, &view.host)
             .ok()
     }
 
@@ -301,8 +313,9 @@ impl Handler for Emulators {
         stamp: Fingerprint,
         cancel: CancellationToken,
     ) -> Result<Entry, RefreshError> {
-        let spec = self.spec(key).ok_or(RefreshError::Unconfigured)?;
-        let settings = self.settings();
+        let view = self.view();
+        let spec = view.table.get(key).ok_or(RefreshError::Unconfigured)?;
+        let settings = &view.settings;
         let req = ProbeRequest {
             name: spec.name.clone(),
             accel: settings.accel,
@@ -310,15 +323,19 @@ impl Handler for Emulators {
             devices: settings.devices.clone(),
         };
         self.metrics.probes.with_label_values(&[key]).inc();
-        let before = self.counter.get();
         let started = Instant::now();
         let result = probe(&spec.path, &req, &self.counter, &cancel).await;
-        let elapsed = started.elapsed().as_secs_f64();
-        if self.counter.get() > before {
+        // Every QEMU process that was started is timed, failed ones too.
+        let exec_time = match &result {
+            Ok((_, report)) => Some(report.duration),
+            Err(ProbeError::Exec(e)) if !e.started() => None,
+            Err(_) => Some(started.elapsed()),
+        };
+        if let Some(t) = exec_time {
             self.metrics
                 .exec_duration
                 .with_label_values(&[key])
-                .observe(elapsed);
+                .observe(t.as_secs_f64());
         }
         match result {
             Ok((caps, report)) => {
@@ -332,10 +349,7 @@ impl Handler for Emulators {
             }
             Err(e) => {
                 if !matches!(e, ProbeError::Exec(ExecError::Cancelled { .. })) {
-                    self.metrics
-                        .probe_failures
-                        .with_label_values(&[key, e.reason()])
-                        .inc();
+                    self.metrics.record_probe_failure(key, e.reason());
                 }
                 Err(e.into())
             }
@@ -343,7 +357,12 @@ impl Handler for Emulators {
     }
 
     fn load_file(&self, key: &str, bytes: &[u8]) -> Result<Entry, String> {
-        let path = self.path(key).ok_or("emulator no longer configured")?;
+        let view = self.view();
+        let path = &view
+            .table
+            .get(key)
+            .ok_or("emulator no longer configured")?
+            .path;
         let f: CacheFile =
             serde_json::from_slice(bytes).map_err(|e| format!("not a qcapsd cache file: {e}"))?;
         if f.format != FILE_FORMAT {
@@ -355,7 +374,7 @@ impl Handler for Emulators {
                 f.schema_version
             ));
         }
-        if f.path != path {
+        if f.path != *path {
             return Err(format!(
                 "probed {}, configured {}",
                 f.path.display(),

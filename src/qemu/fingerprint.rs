@@ -12,6 +12,7 @@ use super::caps::SCHEMA_VERSION;
 use super::exec::Accel;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Identity of a file as `stat` reports it (nanosecond times). ctime is
 /// included because package managers can set mtime backwards.
@@ -65,8 +66,9 @@ pub struct Fingerprint {
     pub module_dirs: Vec<(PathBuf, Option<i128>)>,
     pub kvm_usable: bool,
     pub accel: Accel,
-    /// Recorded only when the probe could use KVM.
-    pub host: Option<HostContext>,
+    /// Recorded only when the probe could use KVM. Shared with the
+    /// handler's snapshot, so taking a stamp copies no strings.
+    pub host: Option<Arc<HostContext>>,
 }
 
 impl Fingerprint {
@@ -132,7 +134,7 @@ impl Host {
         binary: &Path,
         module_dirs: &[PathBuf],
         accel: Accel,
-        host: &HostContext,
+        host: &Arc<HostContext>,
     ) -> std::io::Result<Fingerprint> {
         let binary = FileStamp::of(binary)?;
         let module_dirs = module_dirs
@@ -147,7 +149,7 @@ impl Host {
             module_dirs,
             kvm_usable,
             accel,
-            host: accelerated.then(|| host.clone()),
+            host: accelerated.then(|| Arc::clone(host)),
         })
     }
 }
@@ -256,11 +258,11 @@ mod tests {
         let bin = root.path().join("qemu");
         std::fs::write(&bin, "x").unwrap();
         let host = Host::new(root.path());
-        let ctx = HostContext {
+        let ctx = Arc::new(HostContext {
             kernel_release: "k".into(),
             cpu_signature: "s".into(),
             microcode: None,
-        };
+        });
         let no_kvm = host.fingerprint(&bin, &[], Accel::Auto, &ctx).unwrap();
         assert!(!no_kvm.kvm_usable && no_kvm.host.is_none());
         std::fs::create_dir_all(root.path().join("dev")).unwrap();
@@ -281,7 +283,7 @@ mod tests {
         let bin = d.path().join("qemu");
         std::fs::write(&bin, "v1").unwrap();
         let host = Host::new(d.path());
-        let ctx = host.context();
+        let ctx = Arc::new(host.context());
         let a = host.fingerprint(&bin, &[], Accel::Auto, &ctx).unwrap();
         let new = d.path().join("qemu.new");
         std::fs::write(&new, "v2").unwrap();

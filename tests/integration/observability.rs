@@ -106,6 +106,11 @@ fn counters_move_exactly_with_queries_and_probes() {
         probes
     );
     assert_eq!(v("qcapsd_probes_total{emulator=\"broken\"}"), 1.0);
+    // A QEMU that started and then failed is timed too.
+    assert_eq!(
+        v("qcapsd_exec_duration_seconds_count{emulator=\"broken\"}"),
+        1.0
+    );
     assert_eq!(
         v("qcapsd_probe_failures_total{emulator=\"broken\",reason=\"qmp\"}"),
         1.0
