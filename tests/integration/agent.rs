@@ -136,12 +136,7 @@ fn inotify_reprobes_an_upgrade_before_anyone_asks() {
     rename_upgrade(&f.arm, "caps_10.0.0_s390x.replies", &f.arm_count);
     // No query: only the revalidator (woken by inotify, well before the 60 s
     // timer) can cause this exec. Poll the count (bounded).
-    for _ in 0..200 {
-        if count(&f.arm_count) == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::poll_until(|| count(&f.arm_count) == 2);
     assert_eq!(count(&f.arm_count), 2, "log:\n{}", agent.log_text());
     wait_for_state(&agent, "aarch64", "fresh");
     let r = agent.get("/v1/emulators/aarch64");
@@ -160,11 +155,8 @@ fn state_of(agent: &AgentProc, name: &str) -> String {
 }
 
 fn wait_for_state(agent: &AgentProc, name: &str, want: &str) {
-    for _ in 0..400 {
-        if state_of(agent, name) == want {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
+    if common::poll_until(|| state_of(agent, name) == want) {
+        return;
     }
     panic!(
         "{name} never became {want}: {}",
@@ -388,12 +380,7 @@ fn sighup_reloads_added_and_removed_emulators() {
     );
     std::fs::write(&agent.config, swapped).unwrap();
     agent.signal(Signal::HUP);
-    for _ in 0..200 {
-        if agent.get("/v1/emulators/aarch64").status == 200 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    common::poll_until(|| agent.get("/v1/emulators/aarch64").status == 200);
     assert_eq!(agent.get("/v1/emulators/aarch64").status, 200);
     assert_eq!(agent.get("/v1/emulators/x86_64").status, 404);
     assert_eq!(count(&f.arm_count), 1);
@@ -445,12 +432,7 @@ fn sigterm_during_a_probe_kills_the_emulator_and_cleans_up() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..400 {
-        if common::read_pids(&pids).len() == 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    common::poll_until(|| common::read_pids(&pids).len() == 2);
     assert_eq!(common::read_pids(&pids).len(), 2, "the probe is running");
     assert!(socket.exists());
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();

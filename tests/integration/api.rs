@@ -299,12 +299,7 @@ fn revalidate_forces_exactly_one_probe() {
     assert_eq!(r.status, 202);
     assert_eq!(r.json()["name"], "x86_64");
     assert_eq!(r.json()["state"], "probing");
-    for _ in 0..400 {
-        if a.get("/v1/emulators").json()[0]["state"] == "fresh" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    common::poll_until(|| a.get("/v1/emulators").json()[0]["state"] == "fresh");
     assert_eq!(count(&s.x86_count), 2);
     // The data stayed valid meanwhile and stays a hit after.
     assert_eq!(

@@ -490,3 +490,16 @@ pub fn stand_in(dir: &Path, name: &str, transcript_file: &str) -> (PathBuf, Path
     let path = counting_emulator(&bin, name, &transcript(transcript_file), &count_file);
     (path, count_file)
 }
+
+/// Polls `cond` every 25 ms until it holds, for at most 20 s (a condition
+/// with a bound, not a timing); returns whether it held. Callers assert
+/// the state they need right after.
+pub fn poll_until(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..800 {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    false
+}

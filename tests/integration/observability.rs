@@ -89,12 +89,7 @@ fn counters_move_exactly_with_queries_and_probes() {
             .status,
         202
     );
-    for _ in 0..400 {
-        if a.get("/v1/emulators").json()[1]["state"] == "fresh" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    common::poll_until(|| a.get("/v1/emulators").json()[1]["state"] == "fresh");
     assert_eq!(a.get("/v1/emulators/broken").status, 503);
     let m = a.get("/metrics").text();
     let v = |series: &str| metric(&m, series).unwrap_or_else(|| panic!("{series} not in:\n{m}"));
