@@ -532,14 +532,16 @@ impl<H: Handler> Cache<H> {
             }
         };
         if outcome.is_ok() {
-            self.save(key);
+            self.save(key).await;
         }
         outcome
     }
 
-    /// Writes `key`'s data to disk if it has not been written yet. A failure
-    /// is logged and retried by the next revalidation; memory keeps serving.
-    fn save(&self, key: &str) {
+    /// Writes `key`'s data to disk if it has not been written yet, on the
+    /// blocking pool (the write ends with two fsyncs, which must not stall a
+    /// runtime worker that is answering queries). A failure is logged and
+    /// retried by the next revalidation; memory keeps serving.
+    async fn save(&self, key: &str) {
         let data = {
             let slots = self.lock();
             match slots.get(key) {
@@ -548,10 +550,16 @@ impl<H: Handler> Cache<H> {
             }
         };
         let Some(data) = data else { return };
-        let written = self
-            .handler
-            .save_file(key, &data)
-            .and_then(|bytes| self.store.write(key, &bytes).map_err(|e| e.to_string()));
+        let written = match self.handler.save_file(key, &data) {
+            Ok(bytes) => {
+                let (store, k) = (self.store.clone(), key.to_owned());
+                tokio::task::spawn_blocking(move || store.write(&k, &bytes))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Err(e) => Err(e),
+        };
         match written {
             Ok(()) => {
                 if let Some(slot) = self.lock().get_mut(key) {
@@ -630,7 +638,7 @@ impl<H: Handler> Cache<H> {
             if let Some(rx) = rx {
                 waiting.push(rx);
             }
-            self.save(&key);
+            self.save(&key).await;
         }
         for mut rx in waiting {
             let _ = wait(&mut rx).await;
