@@ -22,7 +22,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum DaemonError {
     #[error("{0}")]
     Config(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr}: {source} (another agent running? set `listen`, `metrics_listen` or `unix_socket` in the config)"
+    )]
     Bind {
         addr: String,
         #[source]
