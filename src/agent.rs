@@ -1,54 +1,86 @@
 //! The running agent's state: the config in force, the emulator cache and
 //! the metrics, built from a [`Config`] and rebuilt in place on reload.
-//! The HTTP server and the revalidator share one `Arc<Agent>`.
+//! The HTTP servers and the revalidator share one `Arc<Agent>`.
 
 use crate::cache::{Backoff, Cache, State, store::Store};
-use crate::config::{Config, EmulatorSpec};
+use crate::config::Config;
+use crate::discovery::{self, DiscoveryError, EmulatorSpec};
 use crate::emulators::{Emulators, MetricsObserver, ProbeSettings};
 use crate::metrics::Metrics;
+use crate::model::{EmulatorRow, HostDoc, KvmDoc, SystemFacts};
 use crate::qemu::exec::Accel;
 use crate::qemu::fingerprint::Host;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The emulator set cannot be resolved (a config problem).
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// Not a config problem: a bug or a resource failure.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
 
 pub struct Agent {
     pub cache: Arc<Cache<Emulators>>,
     pub metrics: Arc<Metrics>,
     /// Serializes gauge refresh and encoding, so concurrent scrapes never
     /// see the per-emulator gauges half rebuilt.
-    scrape: std::sync::Mutex<()>,
+    scrape: Mutex<()>,
     /// Set once the start-up pass (disk, probes, cache files written) is
     /// over.
-    started: std::sync::atomic::AtomicBool,
+    started: AtomicBool,
     /// The config in force; replaced whole by [`Agent::reload`].
     config: RwLock<Arc<Config>>,
+    /// The machine the agent runs on (read once).
+    system: SystemFacts,
 }
 
 fn settings(cfg: &Config) -> ProbeSettings {
     ProbeSettings::new(
         Accel::Auto,
         *cfg.probe_timeout,
-        cfg.device_properties.clone(),
+        cfg.device_properties(),
         cfg.module_dirs(),
     )
 }
 
+/// The tag in every probe's environment: names this agent's cache, so a
+/// later instance with the same cache directory finds what an earlier one
+/// left running.
+pub fn probe_tag(cfg: &Config) -> String {
+    format!("cache_dir={}", cfg.cache_dir.display())
+}
+
+fn log_skipped(skipped: &[String]) {
+    for s in skipped {
+        tracing::warn!("discovery skipped {s}");
+    }
+}
+
 impl Agent {
-    /// Builds the agent (no probe yet). Errors are config errors.
-    pub fn new(cfg: Config) -> Result<Arc<Agent>, String> {
-        let specs = cfg.emulators()?;
-        let metrics = Arc::new(Metrics::register().map_err(|e| format!("metrics: {e}"))?);
+    /// Builds the agent (no probe yet).
+    pub fn new(cfg: Config) -> Result<Arc<Agent>, AgentError> {
+        let resolved = discovery::resolve(&cfg)?;
+        log_skipped(&resolved.skipped);
+        let specs = resolved.emulators;
+        let metrics = Arc::new(Metrics::register()?);
         let handler = Arc::new(Emulators::new(
             Host::new(&cfg.host_root.0),
             &specs,
             settings(&cfg),
             Arc::clone(&metrics),
+            probe_tag(&cfg),
         ));
         let cache = Cache::new(
             handler,
             Store::new(&cfg.cache_dir.0),
-            cfg.probe_concurrency.get(),
+            cfg.probe_concurrency(),
             Backoff::default(),
             Arc::new(MetricsObserver(Arc::clone(&metrics))),
         );
@@ -56,9 +88,10 @@ impl Agent {
         Ok(Arc::new(Agent {
             cache,
             metrics,
-            scrape: std::sync::Mutex::new(()),
-            started: std::sync::atomic::AtomicBool::new(false),
+            scrape: Mutex::new(()),
+            started: AtomicBool::new(false),
             config: RwLock::new(Arc::new(cfg)),
+            system: SystemFacts::read(),
         }))
     }
 
@@ -68,36 +101,49 @@ impl Agent {
 
     /// Serves what the disk cache still holds validly, then probes the rest
     /// in parallel (bounded by `probe_concurrency`). Returns once every
-    /// emulator has an answer.
+    /// emulator has an answer and every new cache file is written. Disk
+    /// reads run on the blocking pool: nothing on disk can stall a runtime
+    /// worker (or, through it, shutdown).
     pub async fn start(&self) {
-        let swept = self.cache.store().sweep_temp_files();
-        if swept > 0 {
-            tracing::warn!(files = swept, dir = %self.cache.store().dir().display(), "removed temporary files left by a crash");
-        }
-        let mut from_disk = 0;
-        for key in self.cache.keys() {
-            if self.cache.load_from_disk(&key) {
-                from_disk += 1;
+        let cache = Arc::clone(&self.cache);
+        let loaded = tokio::task::spawn_blocking(move || {
+            let swept = cache.store().sweep_temp_files();
+            if swept > 0 {
+                tracing::warn!(files = swept, dir = %cache.store().dir().display(), "removed temporary files left by a crash");
             }
-        }
+            cache
+                .keys()
+                .iter()
+                .filter(|k| cache.load_from_disk(k))
+                .count()
+        })
+        .await
+        .unwrap_or(0);
         let total = self.cache.keys().len();
         tracing::info!(
             emulators = total,
-            from_disk,
+            from_disk = loaded,
             "starting: probing {} emulator(s)",
-            total - from_disk
+            total - loaded
         );
         self.cache.revalidate_all().await;
-        self.started
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.started.store(true, Ordering::Release);
         tracing::info!(execs = self.cache.handler().counter.get(), "ready");
     }
 
-    /// Applies a new config: the emulator set (added, removed, changed),
-    /// probe settings and the cache directory stay consistent. Listen
-    /// addresses need a restart (logged).
-    pub fn reload(&self, cfg: Config) -> Result<(), String> {
-        let specs = cfg.emulators()?;
+    /// Applies a new config: the emulator set (added, removed, changed) and
+    /// probe settings. Listen addresses, the cache directory and the host
+    /// root need a restart (logged). A refused config changes nothing.
+    pub fn reload(&self, cfg: Config) -> Result<(), AgentError> {
+        let resolved = match discovery::resolve(&cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.record_reload(false);
+                return Err(e.into());
+            }
+        };
+        log_skipped(&resolved.skipped);
+        let specs = resolved.emulators;
         let old = self.config();
         if cfg.listen != old.listen
             || cfg.unix_socket != old.unix_socket
@@ -124,7 +170,14 @@ impl Agent {
             "config reloaded"
         );
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        self.metrics.record_reload(true);
         Ok(())
+    }
+
+    /// Records a reload refused before it reached the agent (unreadable or
+    /// invalid file).
+    pub fn reload_refused(&self) {
+        self.metrics.record_reload(false);
     }
 
     /// Directories to watch for package upgrades: each binary's directory
@@ -145,48 +198,142 @@ impl Agent {
     /// Ready once start-up is over and every emulator has an answer
     /// (capabilities, a failure, or a missing binary).
     pub fn ready(&self) -> bool {
-        self.started.load(std::sync::atomic::Ordering::Acquire) && self.cache.ready()
+        self.started.load(Ordering::Acquire) && self.cache.ready()
     }
 
-    /// The /metrics text: per-emulator gauges refreshed from the cache
+    /// Every emulator as `GET /v1/emulators` lists it, sorted by name. Reads
+    /// memory only (no stat): the state as of the last lookup or pass.
+    pub fn rows(&self) -> Vec<EmulatorRow> {
+        let view = self.cache.handler().view();
+        self.cache
+            .statuses()
+            .into_iter()
+            .map(|s| {
+                let d = s.data.as_deref();
+                EmulatorRow {
+                    path: view
+                        .table
+                        .get(&s.key)
+                        .map(|t| t.path.display().to_string())
+                        .unwrap_or_default(),
+                    arch: d.and_then(|d| d.caps.arch.clone()),
+                    version: d.and_then(|d| d.caps.qemu.as_ref().map(|q| q.version.clone())),
+                    state: s.state,
+                    probed_at: d.map(|d| d.caps.probe.started_at.clone()),
+                    stale: d.is_some() && s.error.is_some(),
+                    error: s.error.map(|e| e.to_string()),
+                    failures: s.failures,
+                    name: s.key,
+                }
+            })
+            .collect()
+    }
+
+    /// `GET /v1/host`: the fingerprint's host facts (from the snapshot the
+    /// revalidator keeps), where each was read, and the agent's own machine.
+    pub fn host_doc(&self) -> HostDoc {
+        let handler = self.cache.handler();
+        let host = handler.host();
+        let c = Arc::clone(&handler.view().host);
+        let at = |abs: &str| host.path(abs).display().to_string();
+        let cpuid_device = host.path("/dev/cpu/0/cpuid");
+        let sources = BTreeMap::from([
+            (
+                "kernel_release".to_owned(),
+                at("/proc/sys/kernel/osrelease"),
+            ),
+            ("cpu_signature".to_owned(), at("/proc/cpuinfo")),
+            ("microcode".to_owned(), at("/proc/cpuinfo")),
+            (
+                "cpuid".to_owned(),
+                if std::fs::File::open(&cpuid_device).is_ok() {
+                    cpuid_device.display().to_string()
+                } else {
+                    "the CPUID instruction".to_owned()
+                },
+            ),
+            (
+                "kvm_nested".to_owned(),
+                format!(
+                    "{} or {}",
+                    at("/sys/module/kvm_intel/parameters/nested"),
+                    at("/sys/module/kvm_amd/parameters/nested")
+                ),
+            ),
+            (
+                "secure_guest".to_owned(),
+                format!(
+                    "{}, {}, {}",
+                    at("/sys/module/kvm_amd/parameters"),
+                    at("/dev/sev"),
+                    at("/sys/firmware/uv/prot_virt_host")
+                ),
+            ),
+            ("kvm".to_owned(), at("/dev/kvm")),
+        ]);
+        HostDoc {
+            host_root: host.root().display().to_string(),
+            kernel_release: c.kernel_release.clone(),
+            cpu_signature: c.cpu_signature.clone(),
+            microcode: c.microcode.clone(),
+            cpuid: c.cpuid.clone(),
+            kvm_nested: c.kvm_nested.clone(),
+            secure_guest: c.secure_guest.clone(),
+            kvm: KvmDoc {
+                device: at("/dev/kvm"),
+                usable: host.kvm_usable(),
+            },
+            sources,
+            system: self.system.clone(),
+        }
+    }
+
+    /// The /metrics text: per-emulator gauges refreshed from the rows
     /// (memory only), then every metric encoded.
     pub fn scrape(&self) -> Result<Vec<u8>, prometheus::Error> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        self.update_gauges();
-        self.metrics.encode()
-    }
-
-    fn update_gauges(&self) {
         let m = &self.metrics;
         m.emulator_info.reset();
-        let view = self.cache.handler().view();
-        for st in self.cache.statuses() {
-            let path = view
-                .table
-                .get(&st.key)
-                .map(|s| s.path.display().to_string())
-                .unwrap_or_default();
-            let (arch, version) = st
-                .data
-                .as_ref()
-                .map(|d| {
-                    (
-                        d.caps.arch.clone().unwrap_or_default(),
-                        d.caps
-                            .qemu
-                            .as_ref()
-                            .map(|q| q.version.clone())
-                            .unwrap_or_default(),
-                    )
-                })
-                .unwrap_or_default();
+        for row in self.rows() {
             m.emulator_info
-                .with_label_values(&[&st.key, &path, &arch, &version])
+                .with_label_values(&[
+                    &row.name,
+                    &row.path,
+                    row.arch.as_deref().unwrap_or(""),
+                    row.version.as_deref().unwrap_or(""),
+                ])
                 .set(1);
-            m.emulator_up.with_label_values(&[&st.key]).set(i64::from(
-                st.state == State::Fresh || (st.state == State::Probing && st.data.is_some()),
-            ));
+            let up =
+                row.state == State::Fresh || (row.state == State::Probing && row.version.is_some());
+            m.emulator_up
+                .with_label_values(&[&row.name])
+                .set(i64::from(up));
         }
+        m.encode()
+    }
+
+    /// A one-line summary for the service manager: `2 emulators: 2 fresh,
+    /// 0 failed`.
+    pub fn summary(&self) -> String {
+        let rows = self.rows();
+        let count = |s: State| rows.iter().filter(|r| r.state == s).count();
+        let mut line = format!(
+            "{} emulator{}: {} fresh, {} failed",
+            rows.len(),
+            if rows.len() == 1 { "" } else { "s" },
+            count(State::Fresh),
+            count(State::Failed)
+        );
+        for (state, n) in [
+            ("missing", count(State::Missing)),
+            ("probing", count(State::Probing)),
+            ("pending", count(State::Pending)),
+        ] {
+            if n > 0 {
+                line += &format!(", {n} {state}");
+            }
+        }
+        line
     }
 
     /// Stops in-flight probes (killed and reaped) within `grace`.

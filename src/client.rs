@@ -1,6 +1,9 @@
 //! `qcapsd query`: asks a running agent over HTTP (TCP or its unix socket)
 //! and prints aligned tables for people or the raw JSON for scripts.
 
+use crate::model::{EmulatorRow, ErrorBody};
+use crate::qemu::caps::{CpuModel, Emulator, Machine, ProbeInfo, QemuVersion};
+use crate::render::DeviceDoc;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -23,18 +26,24 @@ pub enum Target {
     Unix(PathBuf),
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AddrError {
+    #[error("--addr {0}: the agent speaks plain HTTP on a local address")]
+    Https(String),
+    #[error("--addr {0}: expected http://HOST:PORT")]
+    Malformed(String),
+}
+
 impl Target {
     /// Parses `--addr`: `http://127.0.0.1:9733`, or a bare `host:port`.
-    pub fn from_addr(addr: &str) -> Result<Target, String> {
+    pub fn from_addr(addr: &str) -> Result<Target, AddrError> {
         let rest = addr.strip_prefix("http://").unwrap_or(addr);
         if addr.starts_with("https://") {
-            return Err(format!(
-                "--addr {addr}: the agent speaks plain HTTP on a local address"
-            ));
+            return Err(AddrError::Https(addr.to_owned()));
         }
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
-            return Err(format!("--addr {addr}: expected http://HOST:PORT"));
+            return Err(AddrError::Malformed(addr.to_owned()));
         }
         Ok(Target::Tcp {
             authority: authority.to_owned(),
@@ -164,10 +173,9 @@ pub async fn get(target: &Target, path: &str) -> Result<Bytes, QueryError> {
         if status.is_success() {
             Ok(body)
         } else {
-            let message = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
             Err(QueryError::Http {
                 status: status.as_u16(),
                 message,
@@ -197,105 +205,144 @@ where
     Ok(send)
 }
 
+/// The fields of the full document a summary shows (the document as
+/// served also carries cache metadata).
+#[derive(serde::Deserialize)]
+struct DocSummary {
+    emulator: Emulator,
+    qemu: Option<QemuVersion>,
+    arch: Option<String>,
+    accel: String,
+    machines: Vec<Machine>,
+    cpu_models: Vec<CpuModel>,
+    devices: Vec<String>,
+    commands: Vec<String>,
+    probe: ProbeInfo,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, QueryError> {
+    serde_json::from_slice(body).map_err(|e| QueryError::Bad(e.to_string()))
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
+fn or_dash(v: Option<impl ToString>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
 /// Renders an answer as text for people.
 pub fn render(what: &What, body: &[u8]) -> Result<String, QueryError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| QueryError::Bad(e.to_string()))?;
-    let s = |v: &Value| match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => if *b { "yes" } else { "no" }.to_owned(),
-        other => other.to_string(),
-    };
-    let arr = |v: &Value| v.as_array().cloned().unwrap_or_default();
     Ok(match what {
-        What::Emulators => table(
-            &["NAME", "STATE", "VERSION", "ARCH", "PROBED AT", "PATH"],
-            arr(&v)
-                .iter()
-                .map(|e| {
-                    let mut state = s(&e["state"]);
-                    if e["stale"] == Value::Bool(true) {
-                        state.push_str(" (stale)");
-                    }
-                    vec![
-                        s(&e["name"]),
-                        state,
-                        s(&e["version"]),
-                        s(&e["arch"]),
-                        s(&e["probed_at"]),
-                        s(&e["path"]),
-                    ]
-                })
-                .collect(),
-        ),
+        What::Emulators => emulators_table(&parse::<Vec<EmulatorRow>>(body)?),
         What::Document(_) => {
-            let count = |k: &str| v[k].as_array().map_or(0, Vec::len).to_string();
-            let usable = v["cpu_models"].as_array().map_or(0, |a| {
-                a.iter()
-                    .filter(|c| c["usable"] == Value::Bool(true))
-                    .count()
-            });
+            let d: DocSummary = parse(body)?;
+            let usable = d
+                .cpu_models
+                .iter()
+                .filter(|c| c.usable == Some(true))
+                .count();
+            let q = d.qemu.as_ref();
             table(
                 &["FIELD", "VALUE"],
                 vec![
-                    vec!["name".into(), s(&v["emulator"]["name"])],
-                    vec!["path".into(), s(&v["emulator"]["path"])],
-                    vec!["version".into(), s(&v["qemu"]["version"])],
-                    vec!["package".into(), s(&v["qemu"]["package"])],
-                    vec!["arch".into(), s(&v["arch"])],
-                    vec!["accel".into(), s(&v["accel"])],
-                    vec!["machines".into(), count("machines")],
+                    vec!["name".into(), d.emulator.name],
+                    vec!["path".into(), d.emulator.path],
+                    vec!["version".into(), or_dash(q.map(|q| &q.version))],
+                    vec!["package".into(), or_dash(q.map(|q| &q.package))],
+                    vec!["arch".into(), or_dash(d.arch)],
+                    vec!["accel".into(), d.accel],
+                    vec!["machines".into(), d.machines.len().to_string()],
                     vec![
                         "cpu models".into(),
-                        format!("{} ({usable} usable)", count("cpu_models")),
+                        format!("{} ({usable} usable)", d.cpu_models.len()),
                     ],
-                    vec!["devices".into(), count("devices")],
-                    vec!["commands".into(), count("commands")],
-                    vec!["probed at".into(), s(&v["probe"]["started_at"])],
+                    vec!["devices".into(), d.devices.len().to_string()],
+                    vec!["commands".into(), d.commands.len().to_string()],
+                    vec!["probed at".into(), d.probe.started_at],
                 ],
             )
         }
         What::Machines(_) => table(
             &["NAME", "ALIAS", "DEFAULT", "MAX CPUS", "DEPRECATED"],
-            arr(&v)
-                .iter()
+            parse::<Vec<Machine>>(body)?
+                .into_iter()
                 .map(|m| {
                     vec![
-                        s(&m["name"]),
-                        s(&m["alias"]),
-                        s(&m["is_default"]),
-                        s(&m["cpu_max"]),
-                        s(&m["deprecated"]),
+                        m.name,
+                        or_dash(m.alias),
+                        yes_no(m.is_default),
+                        m.cpu_max.to_string(),
+                        yes_no(m.deprecated),
                     ]
                 })
                 .collect(),
         ),
         What::CpuModels(_) => table(
             &["NAME", "USABLE", "BLOCKERS"],
-            arr(&v)
-                .iter()
+            parse::<Vec<CpuModel>>(body)?
+                .into_iter()
                 .map(|c| {
-                    let blockers: Vec<String> =
-                        arr(&c["unavailable_features"]).iter().map(s).collect();
-                    vec![s(&c["name"]), s(&c["usable"]), blockers.join(" ")]
+                    vec![
+                        c.name,
+                        or_dash(c.usable.map(yes_no)),
+                        c.unavailable_features.join(" "),
+                    ]
                 })
                 .collect(),
         ),
-        What::Devices(_) | What::Commands(_) => arr(&v).iter().map(|d| s(d) + "\n").collect(),
-        What::Device(_, _) => match v["properties"].as_array() {
-            Some(props) => table(
-                &["PROPERTY", "TYPE", "DEFAULT"],
-                props
-                    .iter()
-                    .map(|p| vec![s(&p["name"]), s(&p["type"]), s(&p["default_value"])])
-                    .collect(),
-            ),
-            None => format!(
-                "{}: present; its properties are not among those read (device_properties in the config)\n",
-                s(&v["name"])
-            ),
-        },
+        What::Devices(_) | What::Commands(_) => parse::<Vec<String>>(body)?
+            .into_iter()
+            .map(|d| d + "\n")
+            .collect(),
+        What::Device(_, _) => {
+            let d: DeviceDoc = parse(body)?;
+            match d.properties {
+                Some(props) => table(
+                    &["PROPERTY", "TYPE", "DEFAULT"],
+                    props
+                        .into_iter()
+                        .map(|p| {
+                            let default = p.default_value.map(|v| match v {
+                                Value::String(s) => s,
+                                other => other.to_string(),
+                            });
+                            vec![p.name, p.type_, or_dash(default)]
+                        })
+                        .collect(),
+                ),
+                None => format!(
+                    "{}: present; its properties are not among those read (device_properties in the config)\n",
+                    d.name
+                ),
+            }
+        }
     })
+}
+
+/// `qcapsd query`'s list of emulators.
+pub fn emulators_table(rows: &[EmulatorRow]) -> String {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    table(
+        &["NAME", "STATE", "VERSION", "ARCH", "PROBED AT", "PATH"],
+        rows.iter()
+            .map(|r| {
+                let mut state = r.state.as_str().to_owned();
+                if r.stale {
+                    state.push_str(" (stale)");
+                }
+                vec![
+                    r.name.clone(),
+                    state,
+                    dash(&r.version),
+                    dash(&r.arch),
+                    dash(&r.probed_at),
+                    r.path.clone(),
+                ]
+            })
+            .collect(),
+    )
 }
 
 /// Left-aligned columns, two spaces apart, no trailing spaces.

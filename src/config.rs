@@ -1,35 +1,63 @@
-//! The agent's configuration: YAML → validated [`Config`], and the emulator
-//! set it names (explicit paths, globs, or the default discovery).
+//! The agent's configuration: YAML text → validated [`Config`].
 //!
-//! Two stages, as ripgrep does: serde reads the raw file with every key
-//! checked (unknown keys, bad durations, relative paths and zero limits are
-//! errors that carry the line), then [`Config::emulators`] resolves globs and
-//! discovery into the concrete emulator set, which a reload redoes.
+//! Every check runs inside a serde visitor, so that the YAML library places
+//! the error at the offending value: errors read `key.path: what is wrong at
+//! line N column M`. Emulator names are checked here too, including those
+//! derived from a `path:` and duplicates. Resolving globs and discovery
+//! against the file system is [`crate::discovery`]'s job; every default
+//! value is in [`defaults`].
 
-use crate::qemu::probe::DEFAULT_DEVICES;
-use serde::{Deserialize, Deserializer, de};
-use std::collections::BTreeMap;
+use crate::cache::store::is_plain_key;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::collections::BTreeSet;
+use std::fmt;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where the query API listens by default: loopback only.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9733";
-pub const DEFAULT_REVALIDATE_INTERVAL: Duration = Duration::from_secs(60);
-pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_PROBE_CONCURRENCY: usize = 2;
-/// Cache directory when running as root.
-pub const ROOT_CACHE_DIR: &str = "/var/cache/qcapsd";
-/// Directories searched, besides PATH, by the default discovery.
-pub const DISCOVERY_EXTRA_DIRS: &[&str] = &["/usr/libexec"];
-/// The longest duration any key accepts.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Every default value of the config, in one place.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Where the query API listens by default: loopback only.
+    pub const LISTEN: &str = "127.0.0.1:9733";
+    /// Cache directory when running as root.
+    pub const ROOT_CACHE_DIR: &str = "/var/cache/qcapsd";
+    pub const REVALIDATE_INTERVAL: Duration = Duration::from_secs(60);
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Upper bound of the derived default of `probe_concurrency`: each probe
+    /// is one QEMU process taking about a core and 50–100 MB for ~0.1 s;
+    /// past 8 a cold start is memory-bound, not faster.
+    pub const PROBE_CONCURRENCY_CAP: usize = 8;
+    /// Minimum time between two forced probes of one emulator.
+    pub const FORCED_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+    pub const HOST_ROOT: &str = "/";
+    pub const MAX_CONNECTIONS: u64 = 512;
+    pub const MAX_HEADER_BYTES: u64 = 16 << 10;
+    pub const MAX_BODY_BYTES: u64 = 4 << 10;
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Directories searched, besides PATH, by the default discovery.
+    pub const DISCOVERY_EXTRA_DIRS: &[&str] = &["/usr/libexec"];
+    /// File-name patterns of the default discovery.
+    pub const DISCOVERY_PATTERNS: &[&str] = &["qemu-system-*", "qemu-kvm", "kvm"];
+}
+
 /// Upper bounds that keep a typo from becoming a resource problem.
-pub const MAX_PROBE_CONCURRENCY: usize = 64;
-pub const MAX_CONNECTIONS: usize = 100_000;
-/// File-name patterns of the default discovery.
-pub const DISCOVERY_PATTERNS: &[&str] = &["qemu-system-*", "qemu-kvm", "kvm"];
+pub mod limits {
+    use std::time::Duration;
+
+    /// The longest duration any key accepts.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+    pub const MAX_PROBE_CONCURRENCY: u64 = 64;
+    pub const MAX_CONNECTIONS: u64 = 100_000;
+    pub const MAX_HEADER_BYTES: u64 = 1 << 20;
+    pub const MAX_BODY_BYTES: u64 = 1 << 20;
+    pub const MAX_DEVICE_NAME: usize = 128;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,24 +67,45 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
+    #[error("{}not UTF-8 text (line {line})", file_prefix(.path))]
+    NotUtf8 { path: String, line: usize },
+    #[error(
+        "{}more than one YAML document (the second starts at line {line}); a config is one document",
+        file_prefix(.path)
+    )]
+    MultipleDocuments { path: String, line: usize },
+    /// The YAML library's message: the key path, what is wrong, and where.
+    #[error("{}{message}", file_prefix(.path))]
     Invalid { path: String, message: String },
+}
+
+/// `FILE: ` before a message, or nothing for text that came from no file.
+fn file_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
 }
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// The query API and /metrics on TCP; `None` (`listen: null`) serves
+    /// the query API on the unix socket only.
+    pub listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
     pub unix_socket: Option<AbsPath>,
     pub cache_dir: AbsPath,
     pub revalidate_interval: Period,
     pub probe_timeout: Period,
-    pub probe_concurrency: NonZeroUsize,
+    /// `None`: derived from the CPUs available to the agent.
+    pub probe_concurrency: Option<Limit<1, { limits::MAX_PROBE_CONCURRENCY }>>,
+    pub forced_probe_interval: Period,
     /// `None`: the default discovery.
-    pub emulators: Option<Vec<EmulatorEntry>>,
-    pub device_properties: Vec<String>,
+    pub emulators: Option<EmulatorList>,
+    pub device_properties: Vec<DeviceName>,
     /// Root of the host files read for the fingerprint (`/proc/cpuinfo`,
     /// `/dev/kvm`, …); tests point it at a fixture tree.
     pub host_root: AbsPath,
@@ -65,25 +114,35 @@ pub struct Config {
     pub http: HttpLimits,
 }
 
-/// Limits of the query API, all with defaults.
+/// Limits of the HTTP servers, all with defaults.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpLimits {
-    pub max_connections: NonZeroUsize,
-    pub max_header_bytes: NonZeroUsize,
-    pub max_body_bytes: usize,
+    pub max_connections: Limit<1, { limits::MAX_CONNECTIONS }>,
+    pub max_header_bytes: Limit<1, { limits::MAX_HEADER_BYTES }>,
+    pub max_body_bytes: Limit<1, { limits::MAX_BODY_BYTES }>,
+    /// How long a query waits on a probe before it gets 503.
     pub request_timeout: Period,
+    /// A connection must deliver a request head within this (from accept,
+    /// or from its first byte after an idle period).
     pub header_read_timeout: Period,
+    /// A response write that makes no progress for this long closes the
+    /// connection (a client that does not read).
+    pub write_timeout: Period,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Period,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
-            max_connections: NonZeroUsize::new(512).unwrap_or(NonZeroUsize::MIN),
-            max_header_bytes: NonZeroUsize::new(16 << 10).unwrap_or(NonZeroUsize::MIN),
-            max_body_bytes: 4 << 10,
-            request_timeout: Period(Duration::from_secs(10)),
-            header_read_timeout: Period(Duration::from_secs(5)),
+            max_connections: Limit(defaults::MAX_CONNECTIONS),
+            max_header_bytes: Limit(defaults::MAX_HEADER_BYTES),
+            max_body_bytes: Limit(defaults::MAX_BODY_BYTES),
+            request_timeout: Period(defaults::REQUEST_TIMEOUT),
+            header_read_timeout: Period(defaults::HEADER_READ_TIMEOUT),
+            write_timeout: Period(defaults::WRITE_TIMEOUT),
+            idle_timeout: Period(defaults::IDLE_TIMEOUT),
         }
     }
 }
@@ -91,30 +150,36 @@ impl Default for HttpLimits {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9733))),
+            listen: Some(default_listen()),
             metrics_listen: None,
             unix_socket: None,
             cache_dir: AbsPath(default_cache_dir()),
-            revalidate_interval: Period(DEFAULT_REVALIDATE_INTERVAL),
-            probe_timeout: Period(DEFAULT_PROBE_TIMEOUT),
-            probe_concurrency: NonZeroUsize::new(DEFAULT_PROBE_CONCURRENCY)
-                .unwrap_or(NonZeroUsize::MIN),
+            revalidate_interval: Period(defaults::REVALIDATE_INTERVAL),
+            probe_timeout: Period(defaults::PROBE_TIMEOUT),
+            probe_concurrency: None,
+            forced_probe_interval: Period(defaults::FORCED_PROBE_INTERVAL),
             emulators: None,
-            device_properties: DEFAULT_DEVICES.iter().map(|s| (*s).to_owned()).collect(),
-            host_root: AbsPath(PathBuf::from("/")),
+            device_properties: crate::qemu::probe::DEFAULT_DEVICES
+                .iter()
+                .map(|s| DeviceName((*s).to_owned()))
+                .collect(),
+            host_root: AbsPath(PathBuf::from(defaults::HOST_ROOT)),
             module_dirs: None,
             http: HttpLimits::default(),
         }
     }
 }
 
+/// [`defaults::LISTEN`] as an address.
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9733))
+}
+
 /// `/var/cache/qcapsd` for root, `$XDG_CACHE_HOME/qcapsd` (or
 /// `~/.cache/qcapsd`) otherwise.
 pub fn default_cache_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
-        return PathBuf::from(ROOT_CACHE_DIR);
+        return PathBuf::from(defaults::ROOT_CACHE_DIR);
     }
     let abs = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").and_then(abs) {
@@ -126,253 +191,71 @@ pub fn default_cache_dir() -> PathBuf {
     std::env::temp_dir().join("qcapsd-cache")
 }
 
-/// One `emulators:` entry: a `path` (with an optional `name`) or a `glob`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EmulatorEntry {
-    Path { path: PathBuf, name: Option<String> },
-    Glob(String),
-}
-
-impl<'de> Deserialize<'de> for EmulatorEntry {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            path: Option<AbsPath>,
-            name: Option<String>,
-            glob: Option<String>,
-        }
-        let raw = Raw::deserialize(d)?;
-        match (raw.path, raw.glob, raw.name) {
-            (Some(p), None, name) => {
-                if let Some(n) = &name {
-                    validate_name(n).map_err(de::Error::custom)?;
-                }
-                Ok(EmulatorEntry::Path { path: p.0, name })
-            }
-            (None, Some(g), None) => {
-                if !g.starts_with('/') {
-                    return Err(de::Error::custom(format!(
-                        "glob '{g}' must be an absolute path pattern"
-                    )));
-                }
-                Ok(EmulatorEntry::Glob(g))
-            }
-            (None, Some(_), Some(_)) => Err(de::Error::custom(
-                "'name' goes with 'path', not 'glob' (a glob's emulators are named by file name)",
-            )),
-            (Some(_), Some(_), _) => Err(de::Error::custom(
-                "an entry has either 'path' or 'glob', not both",
-            )),
-            (None, None, _) => Err(de::Error::custom("an entry needs 'path' or 'glob'")),
-        }
-    }
-}
-
-/// Names are used in URLs, file names and metric labels: keep them plain.
-fn validate_name(n: &str) -> Result<(), String> {
-    let ok = !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !n.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "name '{n}' must be 1-64 characters of letters, digits, '.', '_' or '-', not starting with '.'"
-        ))
-    }
-}
-
-/// An absolute path (relative ones are refused: the agent's working
-/// directory is not something to depend on).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AbsPath(pub PathBuf);
-
-impl<'de> Deserialize<'de> for AbsPath {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.is_empty() {
-            return Err(de::Error::custom("empty path"));
-        }
-        let p = PathBuf::from(&s);
-        if !p.is_absolute() {
-            return Err(de::Error::custom(format!("path '{s}' must be absolute")));
-        }
-        Ok(AbsPath(p))
-    }
-}
-
-impl std::ops::Deref for AbsPath {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-/// A positive duration written with a unit: `500ms`, `30s`, `5m`, `1h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Period(pub Duration);
-
-impl<'de> Deserialize<'de> for Period {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(Period).map_err(de::Error::custom)
-    }
-}
-
-impl std::ops::Deref for Period {
-    type Target = Duration;
-    fn deref(&self) -> &Duration {
-        &self.0
-    }
-}
-
-/// Parses `500ms`, `30s`, `5m`, `1h` (an integer and a unit; zero refused).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || format!("bad duration '{s}': write an integer and a unit (ms, s, m, h), e.g. 30s");
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(bad()),
-    };
-    if d.is_zero() {
-        return Err(format!("duration '{s}' must be more than zero"));
-    }
-    if d > MAX_DURATION {
-        return Err(format!("duration '{s}' is longer than a year"));
-    }
-    Ok(d)
-}
-
-/// One concrete emulator the agent keeps: a configured name and its path.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EmulatorSpec {
-    pub name: String,
-    pub path: PathBuf,
+/// The default of `probe_concurrency`: the CPUs available to the agent
+/// (its affinity mask and cgroup quota, as `available_parallelism` reads
+/// them), at least 1 and at most [`defaults::PROBE_CONCURRENCY_CAP`].
+pub fn derived_probe_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, defaults::PROBE_CONCURRENCY_CAP)
 }
 
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
+        let shown = path.display().to_string();
+        let read_error = |source| ConfigError::Read {
+            path: shown.clone(),
             source,
-        })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
+        };
+        // A FIFO would block the read; a directory says nothing useful.
+        // (Symlinks are followed: Kubernetes mounts ConfigMaps through them.)
+        let meta = std::fs::metadata(path).map_err(read_error)?;
+        if !meta.is_file() {
+            return Err(read_error(std::io::Error::other("not a regular file")));
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        Config::parse_bytes(&bytes).map_err(|e| e.in_file(&shown))
     }
 
-    /// Parses and validates YAML text. Errors name the key and the line.
-    pub fn parse(text: &str) -> Result<Config, String> {
+    /// Parses and validates YAML text (errors name no file).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_bytes(text.as_bytes())
+    }
+
+    fn parse_bytes(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 {
+            path: String::new(),
+            line: line_at(bytes, e.valid_up_to()),
+        })?;
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let cfg: Config = serde_yaml::from_str(text).map_err(|e| locate(text, e))?;
-        for d in &cfg.device_properties {
-            if d.is_empty() || d.len() > 128 {
-                return Err(format!("device_properties: bad device name '{d}'"));
+        serde_yaml::from_str(text).map_err(|e| {
+            // The library refuses a second document without a position:
+            // name the line it starts on.
+            match second_document_line(text) {
+                Some(line) if e.location().is_none() => ConfigError::MultipleDocuments {
+                    path: String::new(),
+                    line,
+                },
+                _ => ConfigError::Invalid {
+                    path: String::new(),
+                    message: e.to_string(),
+                },
             }
-        }
-        let at = |key: &str| {
-            line_of_key(text, key)
-                .map(|l| format!(" at line {l}"))
-                .unwrap_or_default()
-        };
-        if cfg.probe_concurrency.get() > MAX_PROBE_CONCURRENCY {
-            return Err(format!(
-                "probe_concurrency: at most {MAX_PROBE_CONCURRENCY}{}",
-                at("probe_concurrency")
-            ));
-        }
-        if cfg.http.max_connections.get() > MAX_CONNECTIONS {
-            return Err(format!(
-                "http.max_connections: at most {MAX_CONNECTIONS}{}",
-                at("max_connections")
-            ));
-        }
-        if cfg.http.max_header_bytes.get() > 1 << 20 {
-            return Err(format!(
-                "http.max_header_bytes: at most 1048576{}",
-                at("max_header_bytes")
-            ));
-        }
-        // Names of explicit paths must be unique; the rest is checked once
-        // globs are resolved.
-        let mut seen = BTreeMap::new();
-        for e in cfg.emulators.iter().flatten() {
-            if let EmulatorEntry::Path { path, name } = e {
-                let n = name.clone().unwrap_or_else(|| file_name(path));
-                if seen.insert(n.clone(), ()).is_some() {
-                    return Err(format!(
-                        "emulators: duplicate name '{n}'{}",
-                        line_of_second(text, &n)
-                            .map(|l| format!(" at line {l}"))
-                            .unwrap_or_default()
-                    ));
-                }
-            }
-        }
-        Ok(cfg)
+        })
     }
 
-    /// Resolves the emulator set: explicit paths as given, globs and the
-    /// default discovery against the file system now. Symlinks to a binary
-    /// already in the set are skipped (Debian's qemu-system-amd64 is
-    /// qemu-system-x86_64).
-    pub fn emulators(&self) -> Result<Vec<EmulatorSpec>, String> {
-        let mut out: Vec<EmulatorSpec> = Vec::new();
-        let mut seen_targets = Vec::new();
-        let mut push = |spec: EmulatorSpec, explicit: bool| -> Result<(), String> {
-            if out.iter().any(|o| o.name == spec.name) {
-                if explicit {
-                    return Err(format!("emulators: duplicate name '{}'", spec.name));
-                }
-                return Ok(());
-            }
-            let target = std::fs::canonicalize(&spec.path).ok();
-            if !explicit && target.is_some() && seen_targets.contains(&target) {
-                return Ok(());
-            }
-            seen_targets.push(target);
-            out.push(spec);
-            Ok(())
-        };
-        match &self.emulators {
-            Some(entries) => {
-                for e in entries {
-                    match e {
-                        EmulatorEntry::Path { path, name } => push(
-                            EmulatorSpec {
-                                name: name.clone().unwrap_or_else(|| file_name(path)),
-                                path: path.clone(),
-                            },
-                            true,
-                        )?,
-                        EmulatorEntry::Glob(g) => {
-                            for path in glob(g) {
-                                push(spec_for(path), false)?;
-                            }
-                        }
-                    }
-                }
-            }
-            None => {
-                for path in discover() {
-                    push(spec_for(path), false)?;
-                }
-            }
-        }
-        Ok(out)
+    /// The probe concurrency in force.
+    pub fn probe_concurrency(&self) -> usize {
+        self.probe_concurrency
+            .map_or_else(derived_probe_concurrency, |l| l.get() as usize)
+    }
+
+    /// Device names whose properties are read.
+    pub fn device_properties(&self) -> Vec<String> {
+        self.device_properties.iter().map(|d| d.0.clone()).collect()
     }
 
     /// QEMU module directories whose mtime is part of the fingerprint.
@@ -395,188 +278,379 @@ impl Config {
     }
 }
 
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| p.display().to_string())
-}
-
-fn spec_for(path: PathBuf) -> EmulatorSpec {
-    EmulatorSpec {
-        name: file_name(&path),
-        path,
+impl ConfigError {
+    fn in_file(self, file: &str) -> ConfigError {
+        let path = file.to_owned();
+        match self {
+            ConfigError::NotUtf8 { line, .. } => ConfigError::NotUtf8 { path, line },
+            ConfigError::MultipleDocuments { line, .. } => {
+                ConfigError::MultipleDocuments { path, line }
+            }
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid { path, message },
+            read @ ConfigError::Read { .. } => read,
+        }
     }
 }
 
-/// serde_yaml places structural errors (unknown keys, wrong types) but not
-/// the ones our own value types raise; those quote the bad value, so find the
-/// `key: value` line that holds it and name both.
-fn locate(text: &str, e: serde_yaml::Error) -> String {
-    let msg = e.to_string();
-    if msg.contains(" line ") {
-        return msg;
-    }
-    let quoted = msg.split('\'').nth(1).filter(|v| !v.is_empty());
-    let found = quoted.and_then(|v| {
-        text.lines().enumerate().find_map(|(i, l)| {
-            let l = l.trim().trim_start_matches("- ");
-            let (key, val) = l.split_once(':')?;
-            let val = val.trim().trim_matches(|c| c == '"' || c == '\'');
-            (val == v).then(|| (key.trim().to_owned(), i + 1))
-        })
-    });
-    if let Some((key, line)) = found {
-        return format!("{key}: {msg} at line {line}");
-    }
-    // Serde's position for a value error is that of the enclosing mapping.
-    if let Some(loc) = e.location() {
-        let key = text
-            .lines()
-            .nth(loc.line().saturating_sub(1))
-            .and_then(|l| l.trim().trim_start_matches("- ").split_once(':'))
-            .map(|(k, _)| format!("{}: ", k.trim()))
-            .unwrap_or_default();
-        return format!("{key}{msg} at line {}", loc.line());
-    }
-    msg
-}
-
-/// The line (1-based) of the first `key:` in the text.
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            l.trim_start()
-                .trim_start_matches("- ")
-                .starts_with(&format!("{key}:"))
-        })
-        .map(|i| i + 1)
-}
-
-/// The line (1-based) of the second `name: n` in the text, for an error
-/// about a duplicate.
-fn line_of_second(text: &str, n: &str) -> Option<usize> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            let l = l.trim().trim_start_matches("- ").trim();
-            l.strip_prefix("name:")
-                .or_else(|| l.strip_prefix("path:"))
-                .is_some_and(|v| {
-                    let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
-                    v == n || v.ends_with(&format!("/{n}"))
-                })
-        })
-        .nth(1)
-        .map(|(i, _)| i + 1)
-}
-
-/// Files matching an absolute glob whose wildcards (`*`, `?`) are in the
-/// last component only, sorted.
-pub fn glob(pattern: &str) -> Vec<PathBuf> {
-    let p = Path::new(pattern);
-    let (Some(dir), Some(pat)) = (p.parent(), p.file_name().and_then(|f| f.to_str())) else {
-        return Vec::new();
-    };
-    match_in_dir(dir, &[pat])
-}
-
-fn match_in_dir(dir: &Path, patterns: &[&str]) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let v: Vec<PathBuf> = rd
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| patterns.iter().any(|p| wildcard_match(p, n)))
-        })
-        .map(|e| e.path())
-        .filter(|p| is_executable_file(p))
-        .collect();
-    drop_aliases(v)
-}
-
-/// Sorts paths and drops symlinks to a real file also in the list (Debian's
-/// qemu-system-amd64 → qemu-system-x86_64 keeps qemu-system-x86_64).
-fn drop_aliases(mut v: Vec<PathBuf>) -> Vec<PathBuf> {
-    v.sort();
-    let is_link = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
-    let real_targets: Vec<PathBuf> = v
+/// The 1-based line of byte `offset`.
+fn line_at(bytes: &[u8], offset: usize) -> usize {
+    bytes[..offset.min(bytes.len())]
         .iter()
-        .filter(|p| !is_link(p))
-        .filter_map(|p| std::fs::canonicalize(p).ok())
-        .collect();
-    v.retain(|p| {
-        !is_link(p) || std::fs::canonicalize(p).map_or(true, |t| !real_targets.contains(&t))
-    });
-    v
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
-fn is_executable_file(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// The default discovery: `qemu-system-*`, `qemu-kvm` and `kvm` on PATH and
-/// in /usr/libexec.
-pub fn discover() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .filter(|d| d.is_absolute())
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.extend(DISCOVERY_EXTRA_DIRS.iter().map(PathBuf::from));
-    let mut out = Vec::new();
-    let mut seen_dirs = Vec::new();
-    for d in dirs {
-        let canon = std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone());
-        if seen_dirs.contains(&canon) {
-            continue;
+/// The line of the second document's start marker (`---` at a line start
+/// after the first document has content).
+fn second_document_line(text: &str) -> Option<usize> {
+    let mut content = false;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker = line == "---" || line.starts_with("--- ") || line == "...";
+        if is_marker && content {
+            return Some(i + 1);
         }
-        seen_dirs.push(canon);
-        out.extend(match_in_dir(&d, DISCOVERY_PATTERNS));
-    }
-    out
-}
-
-/// `*` and `?` wildcards over a file name.
-pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let (p, n) = (pattern.as_bytes(), name.as_bytes());
-    let (mut pi, mut ni) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            pi += 1;
-            mark = ni;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
+        let t = line.trim();
+        if !is_marker && !t.is_empty() && !t.starts_with('#') {
+            content = true;
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    None
+}
+
+// ---- value types, each validated in its visitor -----------------------
+
+/// An absolute path (relative ones are refused: the agent's working
+/// directory is not something to depend on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsPath(pub PathBuf);
+
+impl std::ops::Deref for AbsPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// Implements `Deserialize` for a type parsed from a YAML string: the
+/// check runs in the visitor, so errors carry the value's position.
+macro_rules! from_str_visitor {
+    ($ty:ty, $expecting:literal, $parse:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<$ty, E> {
+                        let parse: fn(&str) -> Result<$ty, String> = $parse;
+                        parse(s).map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+}
+
+from_str_visitor!(AbsPath, "an absolute path", |s| {
+    if s.is_empty() {
+        Err("empty path".to_owned())
+    } else if !s.starts_with('/') {
+        Err(format!("path '{s}' must be absolute"))
+    } else {
+        Ok(AbsPath(PathBuf::from(s)))
+    }
+});
+
+/// A positive duration written with a unit: `500ms`, `30s`, `5m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period(pub Duration);
+
+impl std::ops::Deref for Period {
+    type Target = Duration;
+    fn deref(&self) -> &Duration {
+        &self.0
+    }
+}
+
+from_str_visitor!(Period, "a duration such as 30s", |s| parse_duration(s)
+    .map(Period)
+    .map_err(|e| e.to_string()));
+
+/// A device type name for `device_properties`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceName(pub String);
+
+from_str_visitor!(DeviceName, "a device type name", |s| {
+    if s.is_empty() || s.len() > limits::MAX_DEVICE_NAME || s.chars().any(char::is_control) {
+        Err(format!("bad device name '{s}'"))
+    } else {
+        Ok(DeviceName(s.to_owned()))
+    }
+});
+
+/// A glob pattern: absolute, wildcards (`*`, `?`) in the last component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobPattern(pub String);
+
+from_str_visitor!(GlobPattern, "an absolute glob pattern", |s| {
+    let p = Path::new(s);
+    let wild_dir = p
+        .parent()
+        .is_some_and(|d| d.to_string_lossy().contains(['*', '?']));
+    if !s.starts_with('/') {
+        Err(format!("glob '{s}' must be an absolute path pattern"))
+    } else if wild_dir || p.file_name().is_none() {
+        Err(format!(
+            "glob '{s}': wildcards go in the last path component only"
+        ))
+    } else {
+        Ok(GlobPattern(s.to_owned()))
+    }
+});
+
+/// An integer in `MIN..=MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit<const MIN: u64, const MAX: u64>(pub u64);
+
+impl<const MIN: u64, const MAX: u64> Limit<MIN, MAX> {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Limit<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const MIN: u64, const MAX: u64>;
+        impl<const MIN: u64, const MAX: u64> Visitor<'_> for V<MIN, MAX> {
+            type Value = Limit<MIN, MAX>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "an integer from {MIN} to {MAX}")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                if (MIN..=MAX).contains(&v) {
+                    Ok(Limit(v))
+                } else if v < MIN {
+                    Err(E::custom(format!("{v} is less than {MIN}")))
+                } else {
+                    Err(E::custom(format!("{v} is more than {MAX}")))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::custom(format!("{v} is less than {MIN}"))),
+                }
+            }
+        }
+        // `any`: a negative number reaches `visit_i64` and gets our message.
+        d.deserialize_any(V::<MIN, MAX>)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DurationError {
+    #[error("bad duration '{0}': write an integer and a unit (ms, s, m, h), e.g. 30s")]
+    Syntax(String),
+    #[error("duration '{0}' must be more than zero")]
+    Zero(String),
+    #[error("duration '{0}' is longer than a year")]
+    TooLong(String),
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` (an integer and a unit; zero and
+/// more than a year refused).
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || DurationError::Syntax(s.to_owned());
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(DurationError::Zero(s.to_owned()));
+    }
+    if d > limits::MAX_DURATION {
+        return Err(DurationError::TooLong(s.to_owned()));
+    }
+    Ok(d)
+}
+
+// ---- emulators ----------------------------------------------------------
+
+/// One `emulators:` entry: a `path` (with an optional `name`) or a `glob`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmulatorEntry {
+    Path { path: PathBuf, name: String },
+    Glob(GlobPattern),
+}
+
+/// The `emulators:` list. Names (given, or derived from a path's file
+/// name) are checked as the list is read, so a bad or duplicate name is
+/// reported at its own entry.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EmulatorList(pub Vec<EmulatorEntry>);
+
+/// The rule for emulator names (they are file names, URL segments and
+/// metric labels).
+pub fn name_problem(name: &str) -> Option<String> {
+    (!is_plain_key(name)).then(|| {
+        format!(
+            "name '{}' must be 1-64 characters of letters, digits, '.', '_' or '-', not starting with '.'",
+            name.escape_debug()
+        )
+    })
+}
+
+impl<'de> Deserialize<'de> for EmulatorList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = EmulatorList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of {path, name} or {glob} entries")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EmulatorList, A::Error> {
+                let mut seen = BTreeSet::new();
+                let mut out = Vec::new();
+                while let Some(e) = seq.next_element_seed(EntrySeed { seen: &mut seen })? {
+                    out.push(e);
+                }
+                Ok(EmulatorList(out))
+            }
+        }
+        d.deserialize_seq(ListVisitor)
+    }
+}
+
+/// Reads one entry, checking its name against the names seen so far.
+struct EntrySeed<'a> {
+    seen: &'a mut BTreeSet<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for EntrySeed<'_> {
+    type Value = EmulatorEntry;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EmulatorEntry, D::Error> {
+        d.deserialize_struct("entry", &["path", "name", "glob"], self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntrySeed<'_> {
+    type Value = EmulatorEntry;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an entry with 'path' (and 'name') or 'glob'")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EmulatorEntry, A::Error> {
+        let (mut path, mut name, mut glob): (Option<AbsPath>, Option<String>, Option<GlobPattern>) =
+            (None, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "path" if path.is_none() => path = Some(map.next_value()?),
+                "glob" if glob.is_none() => glob = Some(map.next_value()?),
+                // The name is checked as it is read, so the error names
+                // its line.
+                "name" if name.is_none() => {
+                    name = Some(map.next_value_seed(NameSeed { seen: &*self.seen })?)
+                }
+                "path" | "glob" | "name" => {
+                    return Err(de::Error::custom(format!("duplicate field `{key}`")));
+                }
+                other => {
+                    return Err(de::Error::unknown_field(other, &["path", "name", "glob"]));
+                }
+            }
+        }
+        match (path, glob, name) {
+            (Some(p), None, name) => {
+                let name = match name {
+                    Some(n) => n,
+                    None => {
+                        let derived = p
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        if let Some(problem) = name_problem(&derived) {
+                            return Err(de::Error::custom(format!(
+                                "the file name of {} is not a usable name ({problem}): add `name:` to this entry",
+                                p.display()
+                            )));
+                        }
+                        if self.seen.contains(&derived) {
+                            return Err(de::Error::custom(format!(
+                                "duplicate name '{derived}' (from the file name of {}): add `name:` to this entry",
+                                p.display()
+                            )));
+                        }
+                        derived
+                    }
+                };
+                self.seen.insert(name.clone());
+                Ok(EmulatorEntry::Path { path: p.0, name })
+            }
+            (None, Some(g), None) => Ok(EmulatorEntry::Glob(g)),
+            (None, Some(_), Some(_)) => Err(de::Error::custom(
+                "'name' goes with 'path', not 'glob' (a glob's emulators are named by file name)",
+            )),
+            (Some(_), Some(_), _) => Err(de::Error::custom(
+                "an entry has either 'path' or 'glob', not both",
+            )),
+            (None, None, _) => Err(de::Error::custom("an entry needs 'path' or 'glob'")),
+        }
+    }
+}
+
+/// Reads a `name:` value: valid and not seen before.
+struct NameSeed<'a> {
+    seen: &'a BTreeSet<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for NameSeed<'_> {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an emulator name")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
+        if let Some(problem) = name_problem(s) {
+            return Err(E::custom(problem));
+        }
+        if self.seen.contains(s) {
+            return Err(E::custom(format!("duplicate name '{s}'")));
+        }
+        Ok(s.to_owned())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
     #[test]
     fn empty_text_is_the_default() {
         let c = Config::parse("").unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.listen.unwrap().to_string(), defaults::LISTEN);
         assert_eq!(*c.revalidate_interval, Duration::from_secs(60));
-        assert_eq!(c.probe_concurrency.get(), 2);
+        assert_eq!(c.probe_concurrency(), derived_probe_concurrency());
         assert!(c.emulators.is_none());
     }
 
@@ -591,139 +665,190 @@ mod tests {
         .unwrap();
         assert_eq!(*c.revalidate_interval, Duration::from_secs(300));
         assert_eq!(*c.probe_timeout, Duration::from_millis(500));
+        assert_eq!(c.probe_concurrency(), 4);
         assert_eq!(c.http.max_connections.get(), 8);
         assert_eq!(
-            c.emulators.unwrap()[0],
+            c.emulators.unwrap().0[0],
             EmulatorEntry::Path {
                 path: "/usr/bin/qemu-system-x86_64".into(),
-                name: Some("x86_64".into())
+                name: "x86_64".into()
             }
         );
     }
 
     #[test]
-    fn unknown_key_names_key_and_line() {
-        let e = Config::parse("listen: 127.0.0.1:1\nlisten_port: 9\n").unwrap_err();
-        assert!(e.contains("listen_port") && e.contains("line 2"), "{e}");
+    fn listen_null_serves_no_tcp_query_api() {
+        assert_eq!(Config::parse("listen: null\n").unwrap().listen, None);
     }
 
     #[test]
-    fn bad_duration_names_line() {
-        let e = Config::parse("probe_timeout: 30\n").unwrap_err();
+    fn unknown_key_names_key_and_line() {
+        let e = err("listen: 127.0.0.1:1\nlisten_port: 9\n");
+        assert!(e.contains("listen_port") && e.contains("line 2"), "{e}");
+        let e = err("http:\n  max_conections: 9\n");
+        assert!(e.contains("max_conections") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_line() {
+        assert_eq!(
+            err("probe_timeout: 30\n"),
+            "probe_timeout: bad duration '30': write an integer and a unit (ms, s, m, h), e.g. 30s at line 1 column 16"
+        );
+        let e = err("cache_dir: /x\nrevalidate_interval: 0s\n");
         assert!(
-            e.contains("bad duration '30'") && e.contains("line 1"),
+            e.starts_with("revalidate_interval: ")
+                && e.contains("more than zero")
+                && e.contains("line 2"),
             "{e}"
         );
-        let e = Config::parse("cache_dir: /x\nrevalidate_interval: 0s\n").unwrap_err();
-        assert!(e.contains("more than zero") && e.contains("line 2"), "{e}");
+        let e = err("cache_dir: /x\nhttp:\n  write_timeout: 99999999h\n");
+        assert!(
+            e.starts_with("http.write_timeout: ")
+                && e.contains("longer than a year")
+                && e.contains("line 3"),
+            "{e}"
+        );
+        let e = err("listen: 127.0.0.1\n");
+        assert!(e.starts_with("listen: ") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn the_line_is_the_value_s_own_even_when_its_text_repeats() {
+        // The old heuristic searched the text for the bad value and blamed
+        // the first line holding it.
+        let e = err(
+            "# probe_timeout: 30\ncache_dir: /x\nrevalidate_interval: 30\nprobe_timeout: 30s\n",
+        );
+        assert!(
+            e.starts_with("revalidate_interval:") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = err(
+            "emulators:\n  - path: /a/x\n    name: p\n  - path: /b/r\n    name: x\n  - path: /c/r2\n    name: x\n",
+        );
+        assert!(
+            e.contains("duplicate name 'x'") && e.contains("line 7"),
+            "{e}"
+        );
     }
 
     #[test]
     fn relative_paths_are_refused() {
-        let e = Config::parse("cache_dir: cache\n").unwrap_err();
+        let e = err("cache_dir: cache\n");
         assert!(
             e.contains("must be absolute") && e.contains("line 1"),
             "{e}"
         );
-        let e = Config::parse("emulators:\n  - path: qemu-system-x86_64\n").unwrap_err();
+        let e = err("emulators:\n  - path: qemu-system-x86_64\n");
         assert!(
             e.contains("must be absolute") && e.contains("line 2"),
             "{e}"
         );
-        let e = Config::parse("emulators:\n  - glob: qemu-*\n").unwrap_err();
-        assert!(e.contains("absolute"), "{e}");
+        let e = err("emulators:\n  - glob: qemu-*\n");
+        assert!(e.contains("absolute") && e.contains("line 2"), "{e}");
+        let e = err("emulators:\n  - glob: /usr/*/qemu\n");
+        assert!(e.contains("last path component"), "{e}");
     }
 
     #[test]
-    fn duplicate_names_are_refused_with_the_line() {
-        let e = Config::parse(
-            "emulators:\n  - path: /a/qemu-system-x86_64\n  - path: /b/qemu-system-x86_64\n",
-        )
-        .unwrap_err();
-        assert_eq!(
-            e,
-            "emulators: duplicate name 'qemu-system-x86_64' at line 3"
-        );
+    fn duplicate_names_are_refused_at_their_entry() {
         let e =
-            Config::parse("emulators:\n  - path: /a/q\n    name: x\n  - path: /b/r\n    name: x\n")
-                .unwrap_err();
-        assert_eq!(e, "emulators: duplicate name 'x' at line 5");
+            err("emulators:\n  - path: /a/qemu-system-x86_64\n  - path: /b/qemu-system-x86_64\n");
+        assert!(
+            e.contains("duplicate name 'qemu-system-x86_64'")
+                && e.contains("add `name:`")
+                && e.contains("line 3"),
+            "{e}"
+        );
+        let e = err("emulators:\n  - path: /a/q\n    name: x\n  - path: /b/r\n    name: x\n");
+        assert!(
+            e.contains("duplicate name 'x'") && e.contains("line 5"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn names_derived_from_paths_follow_the_same_rules() {
+        for bad in ["/d/qemu x", "/d/.qemu-hidden", "/d/qemu;rm", "/d/qemué"] {
+            let e = err(&format!("emulators:\n  - path: \"{bad}\"\n"));
+            assert!(
+                e.contains("add `name:`") && e.contains("line 2"),
+                "{bad}: {e}"
+            );
+        }
+        let long = format!("/d/{}", "q".repeat(80));
+        assert!(err(&format!("emulators:\n  - path: {long}\n")).contains("add `name:`"));
+        // With a name, the same path is fine.
+        let c = Config::parse("emulators:\n  - path: \"/d/qemu x\"\n    name: qemu-x\n").unwrap();
+        assert_eq!(c.emulators.unwrap().0.len(), 1);
     }
 
     #[test]
     fn entry_needs_exactly_one_of_path_and_glob() {
-        assert!(
-            Config::parse("emulators:\n  - name: x\n")
-                .unwrap_err()
-                .contains("needs 'path' or 'glob'")
-        );
-        assert!(
-            Config::parse("emulators:\n  - path: /a\n    glob: /b*\n")
-                .unwrap_err()
-                .contains("not both")
-        );
-        assert!(
-            Config::parse("emulators:\n  - path: /a\n    name: ../etc\n")
-                .unwrap_err()
-                .contains("name '../etc'")
-        );
+        assert!(err("emulators:\n  - name: x\n").contains("needs 'path' or 'glob'"));
+        assert!(err("emulators:\n  - path: /a\n    glob: /b*\n").contains("not both"));
+        assert!(err("emulators:\n  - path: /a\n    name: ../etc\n").contains("name '../etc'"));
+        assert!(err("emulators:\n  - path: /a\n    nmae: x\n").contains("unknown field `nmae`"));
     }
 
     #[test]
-    fn limits_are_bounded() {
-        let e = Config::parse("cache_dir: /x\nprobe_concurrency: 1000\n").unwrap_err();
-        assert_eq!(e, "probe_concurrency: at most 64 at line 2");
-        let e = Config::parse("http:\n  max_connections: 99999999999\n").unwrap_err();
-        assert_eq!(e, "http.max_connections: at most 100000 at line 2");
-        let e = Config::parse("probe_timeout: 99999999h\n").unwrap_err();
+    fn limits_are_bounded_and_zero_limits_refused() {
+        let e = err("cache_dir: /x\nprobe_concurrency: 1000\n");
+        assert_eq!(
+            e,
+            "probe_concurrency: 1000 is more than 64 at line 2 column 20"
+        );
+        let e = err("http:\n  max_connections: 99999999999\n");
         assert!(
-            e.contains("longer than a year") && e.contains("line 1"),
+            e.starts_with("http.max_connections: 99999999999 is more than 100000")
+                && e.contains("line 2"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn zero_concurrency_is_refused() {
-        let e = Config::parse("probe_concurrency: 0\n").unwrap_err();
-        assert!(
-            e.contains("probe_concurrency") || e.contains("line 1"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn wildcards() {
-        assert!(wildcard_match("qemu-system-*", "qemu-system-x86_64"));
-        assert!(wildcard_match("qemu-kvm", "qemu-kvm"));
-        assert!(!wildcard_match("qemu-kvm", "qemu-kvm2"));
-        assert!(wildcard_match("q?mu-*-x*", "qemu-system-x86_64"));
-        assert!(!wildcard_match("qemu-system-*", "qemu-img"));
-        assert!(wildcard_match("*", ""));
-    }
-
-    #[test]
-    fn globs_skip_symlinks_to_binaries_already_listed() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        for n in ["qemu-system-x86_64", "qemu-system-aarch64"] {
-            let p = d.path().join(n);
-            std::fs::write(&p, "").unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for key in ["max_body_bytes", "max_connections", "max_header_bytes"] {
+            let e = err(&format!("http:\n  {key}: 0\n"));
+            assert!(
+                e.starts_with(&format!("http.{key}: 0 is less than 1")) && e.contains("line 2"),
+                "{e}"
+            );
         }
-        std::os::unix::fs::symlink("qemu-system-x86_64", d.path().join("qemu-system-amd64"))
-            .unwrap();
-        std::fs::write(d.path().join("qemu-system-notes"), "").unwrap(); // not executable
-        let yaml = format!(
-            "emulators:\n  - glob: {}/qemu-system-*\n",
-            d.path().display()
+        let e = err("probe_concurrency: 0\n");
+        assert_eq!(e, "probe_concurrency: 0 is less than 1 at line 1 column 20");
+        let e = err("probe_concurrency: -3\n");
+        assert!(e.starts_with("probe_concurrency: -3 is less than 1"), "{e}");
+    }
+
+    #[test]
+    fn more_than_one_document_is_refused_with_its_line() {
+        let e = err("cache_dir: /x\n---\ncache_dir: /y\n");
+        assert_eq!(
+            e,
+            "more than one YAML document (the second starts at line 2); a config is one document"
         );
-        let names: Vec<_> = Config::parse(&yaml)
-            .unwrap()
-            .emulators()
-            .unwrap()
-            .into_iter()
-            .map(|s| s.name)
-            .collect();
-        assert_eq!(names, ["qemu-system-aarch64", "qemu-system-x86_64"]);
+        // A leading marker is not a second document.
+        assert!(Config::parse("---\ncache_dir: /x\n").is_ok());
+    }
+
+    #[test]
+    fn broken_yaml_is_an_error_not_a_hang() {
+        let e = err("listen: [oops\n");
+        assert!(e.contains("line"), "{e}");
+        let e = err("listen: [oops\n---\nx: 1\n");
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_with_its_line() {
+        let e = Config::parse_bytes(b"cache_dir: /x\nlisten: \xff\n").unwrap_err();
+        assert!(matches!(e, ConfigError::NotUtf8 { line: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn devices_names_are_checked() {
+        let e = err("device_properties: [virtio-blk-pci, \"\"]\n");
+        assert!(
+            e.contains("bad device name ''") && e.contains("line 1"),
+            "{e}"
+        );
     }
 }

@@ -1,14 +1,19 @@
-//! `qcapsd run`: binds the listeners, starts the agent (disk cache, then
-//! probes), the revalidator and the HTTP servers, and handles signals —
-//! SIGTERM/SIGINT shut down (in-flight probes killed and reaped, the unix
-//! socket removed), SIGHUP reloads the config.
+//! `qcapsd run`: takes the cache directory, binds the listeners, starts the
+//! agent (disk cache, then probes), the revalidator and the HTTP servers,
+//! and handles signals — SIGTERM/SIGINT shut down (in-flight probes killed
+//! and reaped, the unix socket removed), SIGHUP reloads the config.
+//!
+//! [`serve`] is the whole agent under a caller's shutdown token and reload
+//! channel, so tests drive it in-process (as mini-redis does).
 
-use crate::agent::Agent;
-use crate::api::{self, Ctx, Listener, StaticHost};
-use crate::config::Config;
+use crate::agent::{self, Agent, AgentError};
+use crate::api::{self, Ctx, Listener};
+use crate::config::{Config, ConfigError};
+use crate::qemu::exec;
 use crate::revalidate;
 use std::future::Future;
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
@@ -20,8 +25,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
-    Config(String),
+    /// The config cannot be applied (exit 64).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
     #[error(
         "cannot listen on {addr}: {source} (another agent running? set `listen`, `metrics_listen` or `unix_socket` in the config)"
     )]
@@ -30,8 +38,35 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Socket(#[from] api::BindError),
+    #[error("{}: {source} (set `cache_dir` to a directory the agent can write)", .dir.display())]
+    CacheDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: another agent uses this cache directory (stop it, or set another `cache_dir`)", .0.display())]
+    CacheDirInUse(PathBuf),
     #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
+    Signals(#[source] std::io::Error),
+    #[error(
+        "the config has neither `listen` nor `unix_socket`: the query API would be unreachable"
+    )]
+    NoQueryApi,
+}
+
+impl DaemonError {
+    /// Whether the fault is in the config (exit 64) rather than the
+    /// machine (exit 1).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            DaemonError::Config(_)
+                | DaemonError::Agent(AgentError::Discovery(_))
+                | DaemonError::NoQueryApi
+        )
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT. `config_path` is re-read on
@@ -49,10 +84,17 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daemon
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => {
-                    let loaded = match &config_path {
-                        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+                    // File I/O off the runtime's workers.
+                    let path = config_path.clone();
+                    let loaded = tokio::task::spawn_blocking(move || match path {
+                        Some(p) => Config::load(&p),
                         None => Ok(Config::default()),
-                    };
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(ConfigError::Read {
+                        path: String::new(),
+                        source: std::io::Error::other(e.to_string()),
+                    }));
                     if reload_tx.send(loaded).await.is_err() { break; }
                 }
             }
@@ -63,60 +105,79 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daemon
     serve(cfg, reload_rx, shutdown).await
 }
 
+/// Takes `dir/.lock` for this agent (created if needed). Held as long as
+/// the returned descriptor lives: two agents never share a cache
+/// directory, so the start-up sweep cannot kill another agent's probes.
+fn lock_cache_dir(dir: &Path) -> Result<OwnedFd, DaemonError> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let fail = |source: std::io::Error| DaemonError::CacheDir {
+        dir: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let fd = rustix::fs::open(
+        dir.join(".lock"),
+        OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| fail(e.into()))?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(fd),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(DaemonError::CacheDirInUse(dir.to_owned())),
+        Err(e) => Err(fail(e.into())),
+    }
+}
+
+async fn bind_tcp(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, DaemonError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
 /// The agent with its servers, until `shutdown` is cancelled. Configs
-/// arriving on `reloads` are applied (a bad one is logged and ignored).
+/// arriving on `reloads` are applied (a bad one is logged, counted and
+/// ignored).
 pub async fn serve(
     cfg: Config,
-    mut reloads: mpsc::Receiver<Result<Config, String>>,
+    mut reloads: mpsc::Receiver<Result<Config, ConfigError>>,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let agent = Agent::new(cfg.clone()).map_err(DaemonError::Config)?;
-    let ctx = Ctx {
-        agent: Arc::clone(&agent),
-        static_host: Arc::new(StaticHost::read()),
-        request_timeout: *cfg.http.request_timeout,
-    };
+    if cfg.listen.is_none() && cfg.unix_socket.is_none() {
+        return Err(DaemonError::NoQueryApi);
+    }
+    let _lock = lock_cache_dir(&cfg.cache_dir)?;
+    let agent = Agent::new(cfg.clone())?;
+    let tag = agent::probe_tag(&cfg);
+    tokio::task::spawn_blocking(move || exec::sweep_tagged(&tag))
+        .await
+        .ok();
+    let ctx = Ctx::new(Arc::clone(&agent));
     let limits = cfg.http.clone();
-    let bind = |addr: std::net::SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Bind {
-                addr: addr.to_string(),
-                source,
-            })
-    };
-    let main = bind(cfg.listen).await?;
-    tracing::info!(addr = %main.local_addr().map(|a| a.to_string()).unwrap_or_default(), "query API listening");
-    let mut servers = tokio::task::JoinSet::new();
     let app = api::router(ctx.clone(), &limits);
-    {
-        let (app, limits, stop) = (app.clone(), limits.clone(), until(&shutdown));
-        servers.spawn(async move {
-            api::serve(Listener::Tcp(main), app, &limits, stop, SHUTDOWN_GRACE).await
-        });
+    let mut listeners = Vec::new();
+    if let Some(addr) = cfg.listen {
+        let l = bind_tcp(addr).await?;
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "query API listening");
+        listeners.push((Listener::Tcp(l), app.clone()));
     }
     if let Some(path) = &cfg.unix_socket {
-        let l = api::bind_unix(path).map_err(|source| DaemonError::Bind {
-            addr: path.display().to_string(),
-            source,
-        })?;
+        let l = api::bind_unix(path)?;
         tracing::info!(path = %path.display(), "query API listening on unix socket");
-        let (app, limits, stop) = (app.clone(), limits.clone(), until(&shutdown));
-        servers.spawn(async move {
-            api::serve(Listener::Unix(l), app, &limits, stop, SHUTDOWN_GRACE).await
-        });
+        listeners.push((Listener::Unix(l), app.clone()));
     }
     if let Some(addr) = cfg.metrics_listen {
-        let l = bind(addr).await?;
+        let l = bind_tcp(addr).await?;
         tracing::info!(addr = %addr, "metrics listening");
-        let (app, limits, stop) = (
-            api::metrics_router(ctx.clone()),
-            limits.clone(),
-            until(&shutdown),
-        );
-        servers.spawn(async move {
-            api::serve(Listener::Tcp(l), app, &limits, stop, SHUTDOWN_GRACE).await
-        });
+        listeners.push((Listener::Tcp(l), api::metrics_router(ctx.clone())));
+    }
+    let mut servers = tokio::task::JoinSet::new();
+    for (listener, app) in listeners {
+        let (limits, stop) = (limits.clone(), until(&shutdown));
+        servers
+            .spawn(async move { api::serve(listener, app, &limits, stop, SHUTDOWN_GRACE).await });
     }
 
     // Start-up probes, then the revalidator; the API answers meanwhile
@@ -131,14 +192,25 @@ pub async fn serve(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(loaded) = reloads.recv() => match loaded.and_then(|c| agent.reload(c)) {
-                Ok(()) => { let _ = revalidate_tx.try_send(()); }
-                Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
+            Some(loaded) = reloads.recv() => match loaded {
+                Ok(c) => match agent.reload(c) {
+                    Ok(()) => { let _ = revalidate_tx.try_send(()); }
+                    Err(e) => tracing::error!(error = %e, "config reload refused; keeping the running config"),
+                },
+                Err(e) => {
+                    agent.reload_refused();
+                    tracing::error!(error = %e, "config reload refused; keeping the running config");
+                }
             },
         }
     }
     agent.shutdown(SHUTDOWN_GRACE).await;
-    let _ = background.await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, background)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the revalidator did not stop in time");
+    }
     while servers.join_next().await.is_some() {}
     if let Some(path) = &cfg.unix_socket {
         let _ = std::fs::remove_file(&**path);

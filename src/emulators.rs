@@ -1,86 +1,32 @@
 //! The QEMU meaning of the generic cache: the table of configured
 //! emulators, their fingerprint as the cache's stamp, a probe as new data,
-//! the cache file format, and each entry's responses rendered once.
+//! and the cache file format.
 //!
-//! An [`Entry`] is immutable: a probe or a load makes a new one, with the
-//! full document and each of its parts already serialized and hashed for
-//! the API (the full document is 150–250 KB; rendering it per request would
-//! cost more than everything else a query does).
+//! An [`Entry`] is immutable: a probe or a load makes a new one, with its
+//! responses already rendered ([`crate::render`]). A cache file carries a
+//! checksum of its content bound to the emulator's name and path, so a file
+//! changed after it was written (a bit flip, an edit), or written for
+//! another emulator, is discarded and re-probed, never served.
 
-use crate::cache::{self, Handler};
-use crate::config::EmulatorSpec;
+use crate::cache::{self, Absent, Handler};
+use crate::digest::Fnv64;
+use crate::discovery::EmulatorSpec;
 use crate::metrics::Metrics;
 use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
 use crate::qemu::exec::{Accel, ExecCounter, ExecError};
 use crate::qemu::fingerprint::{Fingerprint, Host, HostContext};
 use crate::qemu::probe::{ProbeError, ProbeRequest, probe};
-use axum::body::Bytes;
+use crate::render::Rendered;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// Tag of cache files, so a foreign JSON file is never taken for ours.
 const FILE_FORMAT: &str = "qcapsd-cache";
-
-/// One serialized response and its ETag.
-#[derive(Debug, Clone)]
-pub struct Part {
-    pub body: Bytes,
-    pub etag: String,
-}
-
-impl Part {
-    pub fn json(value: &impl Serialize) -> Result<Part, serde_json::Error> {
-        let body = Bytes::from(serde_json::to_vec(value)?);
-        Ok(Part {
-            etag: etag(&body),
-            body,
-        })
-    }
-}
-
-/// A strong ETag from the content: 64-bit SipHash and the length.
-pub fn etag(body: &[u8]) -> String {
-    let mut h = std::hash::DefaultHasher::new();
-    body.hash(&mut h);
-    format!("\"{:016x}-{:x}\"", h.finish(), body.len())
-}
-
-/// The responses of one entry, serialized once.
-#[derive(Debug, Clone)]
-pub struct Rendered {
-    pub full: Part,
-    pub machines: Part,
-    pub cpu_models: Part,
-    pub devices: Part,
-    pub commands: Part,
-    /// `/devices/{device}` for every device the emulator has.
-    pub device: HashMap<String, Part>,
-}
-
-#[derive(Serialize)]
-struct DeviceDoc<'a> {
-    name: &'a str,
-    /// `None` when the device's properties were not among those read.
-    properties: Option<&'a [crate::qemu::caps::DeviceProperty]>,
-}
-
-#[derive(Serialize)]
-struct FullDoc<'a> {
-    #[serde(flatten)]
-    caps: &'a Capabilities,
-    cache: CacheMeta<'a>,
-}
-
-#[derive(Serialize)]
-struct CacheMeta<'a> {
-    fingerprint: &'a Fingerprint,
-    exec_seconds: f64,
-}
 
 /// One emulator's cached capabilities.
 #[derive(Debug)]
@@ -98,31 +44,7 @@ impl Entry {
         fingerprint: Fingerprint,
         exec_seconds: f64,
     ) -> Result<Entry, serde_json::Error> {
-        let device = caps
-            .devices
-            .iter()
-            .map(|d| {
-                let doc = DeviceDoc {
-                    name: d,
-                    properties: caps.device_properties.get(d).map(Vec::as_slice),
-                };
-                Ok((d.clone(), Part::json(&doc)?))
-            })
-            .collect::<Result<HashMap<_, _>, serde_json::Error>>()?;
-        let rendered = Rendered {
-            full: Part::json(&FullDoc {
-                caps: &caps,
-                cache: CacheMeta {
-                    fingerprint: &fingerprint,
-                    exec_seconds,
-                },
-            })?,
-            machines: Part::json(&caps.machines)?,
-            cpu_models: Part::json(&caps.cpu_models)?,
-            devices: Part::json(&caps.devices)?,
-            commands: Part::json(&caps.commands)?,
-            device,
-        };
+        let rendered = Rendered::new(&caps, &fingerprint, exec_seconds)?;
         Ok(Entry {
             caps,
             fingerprint,
@@ -132,16 +54,73 @@ impl Entry {
     }
 }
 
-/// The cache file: the document plus what validates it.
+/// What a cache file holds besides its header.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CacheFile {
-    format: String,
-    schema_version: u32,
-    path: PathBuf,
+struct Stored {
     fingerprint: Fingerprint,
     exec_seconds: f64,
     capabilities: Capabilities,
+}
+
+/// A cache file as written: the header, then `entry` verbatim.
+#[derive(Serialize)]
+struct FileOut<'a> {
+    format: &'a str,
+    schema_version: u32,
+    name: &'a str,
+    path: &'a Path,
+    checksum: String,
+    entry: &'a RawValue,
+}
+
+/// A cache file as read; `entry` keeps its exact bytes for the checksum.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIn<'a> {
+    format: String,
+    schema_version: u32,
+    name: String,
+    path: PathBuf,
+    checksum: String,
+    #[serde(borrow)]
+    entry: &'a RawValue,
+}
+
+/// The checksum of a file's entry, bound to the emulator it is for.
+fn checksum(name: &str, path: &Path, entry: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let h = Fnv64::default()
+        .field(name.as_bytes())
+        .field(path.as_os_str().as_bytes())
+        .field(entry.as_bytes())
+        .finish();
+    format!("fnv1a64:{h:016x}")
+}
+
+/// Why a cache file is not served.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheFileError {
+    #[error("not a qcapsd cache file: {0}")]
+    Syntax(#[source] serde_json::Error),
+    #[error("format '{0}', expected '{FILE_FORMAT}'")]
+    Format(String),
+    #[error("schema version {0}, this agent writes {SCHEMA_VERSION}")]
+    Schema(u32),
+    #[error("written for emulator '{found}', not '{key}'")]
+    Name { found: String, key: String },
+    #[error("written for {}, configured {}", .found.display(), .configured.display())]
+    Path { found: PathBuf, configured: PathBuf },
+    #[error("checksum mismatch: the file changed after it was written")]
+    Checksum,
+    #[error("its document names {found}, not this emulator")]
+    Document { found: String },
+    #[error("bad exec_seconds")]
+    ExecSeconds,
+    #[error("emulator no longer configured")]
+    Unconfigured,
+    #[error("cannot encode: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// How probes are run; replaced as a whole on reload.
@@ -192,7 +171,7 @@ pub struct View {
     /// Configured name → spec.
     pub table: BTreeMap<String, EmulatorSpec>,
     pub settings: ProbeSettings,
-    /// Kernel, CPU, microcode: re-read by the revalidator, not per lookup.
+    /// Host facts: re-read by the revalidator, not per lookup.
     pub host: Arc<HostContext>,
 }
 
@@ -202,6 +181,10 @@ pub struct Emulators {
     host: Host,
     pub counter: ExecCounter,
     metrics: Arc<Metrics>,
+    /// Tag put in every probe's environment, so that processes left by an
+    /// earlier instance of this agent can be found (see
+    /// [`crate::qemu::exec::sweep_tagged`]).
+    probe_tag: String,
 }
 
 impl Emulators {
@@ -210,6 +193,7 @@ impl Emulators {
         specs: &[EmulatorSpec],
         settings: ProbeSettings,
         metrics: Arc<Metrics>,
+        probe_tag: String,
     ) -> Self {
         let view = View {
             table: table_of(specs),
@@ -221,6 +205,7 @@ impl Emulators {
             host,
             counter: ExecCounter::default(),
             metrics,
+            probe_tag,
         }
     }
 
@@ -250,8 +235,12 @@ impl Emulators {
         &self.host
     }
 
-    /// Re-reads kernel release, CPU signature and microcode, and which
-    /// module directories exist; swaps the snapshot only if one changed.
+    pub fn probe_tag(&self) -> &str {
+        &self.probe_tag
+    }
+
+    /// Re-reads the host facts and which module directories exist; swaps
+    /// the snapshot only if one changed.
     pub fn refresh_host_context(&self) {
         let view = self.view();
         let dirs = existing(&view.settings.module_dir_candidates);
@@ -262,7 +251,10 @@ impl Emulators {
             tracing::info!(?dirs, "QEMU module directories changed");
         }
         if host_changed {
-            tracing::info!(old = ?view.host, new = ?ctx, "host context changed");
+            tracing::info!(
+                reason = HostContext::why_changed(&view.host, &ctx),
+                "host context changed"
+            );
         }
         if dirs_changed || host_changed {
             self.update(|v| {
@@ -289,14 +281,20 @@ impl Handler for Emulators {
     type Data = Entry;
     type Stamp = Fingerprint;
     type Error = RefreshError;
+    type FileError = CacheFileError;
 
-    fn stamp(&self, key: &str) -> Option<Fingerprint> {
+    fn stamp(&self, key: &str) -> Result<Fingerprint, Absent> {
         let view = self.view();
-        let path = &view.table.get(key)?.path;
+        let path = &view.table.get(key).ok_or(Absent::Missing)?.path;
         let s = &view.settings;
         self.host
             .fingerprint(path, &s.module_dirs, s.accel, &view.host)
-            .ok()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Absent::Missing,
+                _ => {
+                    Absent::Inaccessible(Arc::from(format!("cannot stat {}: {e}", path.display())))
+                }
+            })
     }
 
     fn data_stamp<'a>(&self, data: &'a Entry) -> &'a Fingerprint {
@@ -321,8 +319,9 @@ impl Handler for Emulators {
             accel: settings.accel,
             timeout: settings.timeout,
             devices: settings.devices.clone(),
+            tag: Some(self.probe_tag.clone()),
         };
-        self.metrics.probes.with_label_values(&[key]).inc();
+        self.metrics.probe_started(key);
         let started = Instant::now();
         let result = probe(&spec.path, &req, &self.counter, &cancel).await;
         // Every QEMU process that was started is timed, failed ones too.
@@ -332,71 +331,86 @@ impl Handler for Emulators {
             Err(_) => Some(started.elapsed()),
         };
         if let Some(t) = exec_time {
-            self.metrics
-                .exec_duration
-                .with_label_values(&[key])
-                .observe(t.as_secs_f64());
+            self.metrics.observe_exec(key, t);
         }
         match result {
             Ok((caps, report)) => {
-                self.metrics
-                    .last_success
-                    .with_label_values(&[key])
-                    .set(unix_now());
+                self.metrics.probe_succeeded(key, unix_now());
                 tracing::info!(emulator = key, path = %spec.path.display(), seconds = report.duration.as_secs_f64(),
                                version = caps.qemu.as_ref().map(|q| q.version.as_str()).unwrap_or("?"), "probed");
                 Ok(Entry::new(caps, stamp, report.duration.as_secs_f64())?)
             }
             Err(e) => {
                 if !matches!(e, ProbeError::Exec(ExecError::Cancelled { .. })) {
-                    self.metrics.record_probe_failure(key, e.reason());
+                    self.metrics.probe_failed(key, e.reason(), unix_now());
                 }
                 Err(e.into())
             }
         }
     }
 
-    fn load_file(&self, key: &str, bytes: &[u8]) -> Result<Entry, String> {
+    fn load_file(&self, key: &str, bytes: &[u8]) -> Result<Entry, CacheFileError> {
         let view = self.view();
-        let path = &view
+        let configured = &view
             .table
             .get(key)
-            .ok_or("emulator no longer configured")?
+            .ok_or(CacheFileError::Unconfigured)?
             .path;
-        let f: CacheFile =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a qcapsd cache file: {e}"))?;
+        let f: FileIn = serde_json::from_slice(bytes).map_err(CacheFileError::Syntax)?;
         if f.format != FILE_FORMAT {
-            return Err(format!("format '{}', expected '{FILE_FORMAT}'", f.format));
+            return Err(CacheFileError::Format(f.format));
         }
-        if f.schema_version != SCHEMA_VERSION || f.capabilities.schema_version != SCHEMA_VERSION {
-            return Err(format!(
-                "schema version {}, this agent writes {SCHEMA_VERSION}",
-                f.schema_version
-            ));
+        if f.schema_version != SCHEMA_VERSION {
+            return Err(CacheFileError::Schema(f.schema_version));
         }
-        if f.path != *path {
-            return Err(format!(
-                "probed {}, configured {}",
-                f.path.display(),
-                path.display()
-            ));
+        if f.name != key {
+            return Err(CacheFileError::Name {
+                found: f.name,
+                key: key.to_owned(),
+            });
         }
-        if !f.exec_seconds.is_finite() || f.exec_seconds < 0.0 {
-            return Err("bad exec_seconds".into());
+        if f.path != *configured {
+            return Err(CacheFileError::Path {
+                found: f.path,
+                configured: configured.clone(),
+            });
         }
-        Entry::new(f.capabilities, f.fingerprint, f.exec_seconds).map_err(|e| e.to_string())
+        if f.checksum != checksum(&f.name, &f.path, f.entry.get()) {
+            return Err(CacheFileError::Checksum);
+        }
+        let s: Stored = serde_json::from_str(f.entry.get()).map_err(CacheFileError::Syntax)?;
+        let doc = &s.capabilities;
+        if s.capabilities.schema_version != SCHEMA_VERSION {
+            return Err(CacheFileError::Schema(doc.schema_version));
+        }
+        if doc.emulator.name != key || Path::new(&doc.emulator.path) != configured {
+            return Err(CacheFileError::Document {
+                found: format!("{} at {}", doc.emulator.name, doc.emulator.path),
+            });
+        }
+        if !s.exec_seconds.is_finite() || s.exec_seconds < 0.0 {
+            return Err(CacheFileError::ExecSeconds);
+        }
+        Entry::new(s.capabilities, s.fingerprint, s.exec_seconds).map_err(CacheFileError::Syntax)
     }
 
-    fn save_file(&self, _key: &str, e: &Entry) -> Result<Vec<u8>, String> {
-        let f = CacheFile {
-            format: FILE_FORMAT.to_owned(),
-            schema_version: SCHEMA_VERSION,
-            path: PathBuf::from(&e.caps.emulator.path),
+    fn save_file(&self, key: &str, e: &Entry) -> Result<Vec<u8>, CacheFileError> {
+        let stored = Stored {
             fingerprint: e.fingerprint.clone(),
             exec_seconds: e.exec_seconds,
             capabilities: e.caps.clone(),
         };
-        serde_json::to_vec(&f).map_err(|e| e.to_string())
+        let entry = serde_json::value::to_raw_value(&stored).map_err(CacheFileError::Encode)?;
+        let path = Path::new(&e.caps.emulator.path);
+        let out = FileOut {
+            format: FILE_FORMAT,
+            schema_version: SCHEMA_VERSION,
+            name: key,
+            path,
+            checksum: checksum(key, path, entry.get()),
+            entry: &entry,
+        };
+        serde_json::to_vec(&out).map_err(CacheFileError::Encode)
     }
 }
 
@@ -415,7 +429,7 @@ impl cache::Observer<Entry> for MetricsObserver {
         self.0.record_hit(key, data.exec_seconds);
     }
     fn miss(&self, key: &str, reason: &'static str) {
-        self.0.record_miss(key, reason);
+        self.0.record_miss(key, reason, unix_now());
     }
     fn invalidated(&self, key: &str, reason: &'static str) {
         tracing::info!(emulator = key, reason, "cache entry invalidated");
@@ -423,6 +437,9 @@ impl cache::Observer<Entry> for MetricsObserver {
     }
     fn revalidation(&self) {
         self.0.revalidations.inc();
+    }
+    fn added(&self, key: &str) {
+        self.0.add_emulator(key);
     }
     fn removed(&self, key: &str) {
         self.0.remove_emulator(key);

@@ -7,8 +7,9 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use qcapsd::client::{self, QueryError, Target, What};
 use qcapsd::config::Config;
-use qcapsd::daemon;
 use qcapsd::qemu::{self, Accel, ExecCounter, ProbeRequest};
+use qcapsd::{daemon, discovery};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -120,8 +121,11 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a journal, a file or a pipe
+    // gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -129,8 +133,17 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Orphaned helpers of a probe are re-parented to this process, which
+/// kills them (see `qemu::exec`).
+fn become_subreaper() {
+    if let Err(e) = qemu::exec::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a subreaper; helpers that leave a probe's process group may outlive it");
+    }
+}
+
 fn run(runtime: &tokio::runtime::Runtime, config: Option<PathBuf>, format: LogFormat) -> ExitCode {
     init_logging(format);
+    become_subreaper();
     let cfg = match &config {
         Some(p) => match Config::load(p) {
             Ok(c) => c,
@@ -143,18 +156,15 @@ fn run(runtime: &tokio::runtime::Runtime, config: Option<PathBuf>, format: LogFo
     };
     match runtime.block_on(daemon::run(cfg, config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ daemon::DaemonError::Config(_)) => {
-            eprintln!("qcapsd: {e}");
-            ExitCode::from(EXIT_USAGE)
-        }
         Err(e) => {
             eprintln!("qcapsd: {e}");
-            ExitCode::from(1)
+            ExitCode::from(if e.is_config() { EXIT_USAGE } else { 1 })
         }
     }
 }
 
 async fn probe(path: PathBuf, accel: Accel, timeout: u64) -> ExitCode {
+    become_subreaper();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -189,7 +199,7 @@ async fn query(addr: Option<String>, socket: Option<PathBuf>, what: What, json: 
             }
         },
         (None, None) => Target::Tcp {
-            authority: qcapsd::config::DEFAULT_LISTEN.to_owned(),
+            authority: qcapsd::config::defaults::LISTEN.to_owned(),
         },
     };
     let result = match client::get(&target, &what.path()).await {
@@ -223,15 +233,19 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let emulators = match cfg.emulators() {
-        Ok(e) => e,
+    let resolved = match discovery::resolve(&cfg) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("qcapsd: {}: {e}", file.display());
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let emulators = resolved.emulators;
     let mut out = format!("{}: ok\n", file.display());
-    out += &format!("listen: {}\n", cfg.listen);
+    match cfg.listen {
+        Some(l) => out += &format!("listen: {l}\n"),
+        None => out += "listen: none (query API on the unix socket only)\n",
+    }
     if let Some(m) = cfg.metrics_listen {
         out += &format!("metrics_listen: {m}\n");
     }
@@ -241,7 +255,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     out += &format!("cache_dir: {}\n", cfg.cache_dir.display());
     out += &format!(
         "revalidate every {:?}, probe timeout {:?}, at most {} probe(s) at once\n",
-        *cfg.revalidate_interval, *cfg.probe_timeout, cfg.probe_concurrency
+        *cfg.revalidate_interval,
+        *cfg.probe_timeout,
+        cfg.probe_concurrency()
     );
     out += &format!(
         "device properties read for {} device type(s)\n",
@@ -255,6 +271,9 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             "  (missing now)"
         };
         out += &format!("  {}  {}{note}\n", e.name, e.path.display());
+    }
+    for s in &resolved.skipped {
+        out += &format!("skipped {s}\n");
     }
     print_bytes(out.as_bytes())
 }

@@ -1,57 +1,79 @@
 //! Every Prometheus metric of qcapsd, registered in one place
-//! (`Metrics::register`); components get an `Arc<Metrics>` and bump what
-//! they own. Label values come only from the config (emulator names and
-//! paths) or from small fixed sets (reasons, routes, codes); never machine
-//! types, CPU models or devices.
+//! ([`Metrics::register`]); components get an `Arc<Metrics>` and call the
+//! `record_*` methods. Label values come only from the config (emulator
+//! names and paths) or from small fixed sets (reasons, kinds, routes,
+//! codes); never machine types, CPU models or devices.
 //!
-//! The per-emulator gauges (`qcapsd_emulator_info`, `_up`) and the hit ratio
-//! are derived from the cache when /metrics is scraped, which only reads
-//! memory: a scrape never waits on a probe.
+//! Cardinality and alerting: an emulator's series are created at zero when
+//! it is configured ([`Metrics::add_emulator`]) and deleted when it is
+//! removed, so a fleet sees every emulator from its first scrape. Series
+//! labelled by a reason out of a larger set (misses, invalidations) are
+//! born at their first event to stay within budget. Alerts never depend on
+//! seeing a counter's first increment: a probe can fail before the first
+//! scrape, and `increase()` cannot see a series born at 1. They use the
+//! `*_timestamp_seconds` gauges instead, whose value says when the last
+//! such event happened whenever it is first scraped.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Buckets of `qcapsd_exec_duration_seconds`: 5 ms to 60 s.
 pub const EXEC_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-/// Buckets of `qcapsd_http_request_duration_seconds`: 10 µs to 1 s.
-pub const HTTP_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0,
-];
+/// Buckets of `qcapsd_http_request_duration_seconds`: 50 µs to 1 s (few, as
+/// every route × code pair has them all).
+pub const HTTP_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.001, 0.005, 0.025, 0.1, 1.0];
+/// The reasons of `qcapsd_probe_failures_total`, all created at zero.
+pub const FAILURE_REASONS: &[&str] = &["not_found", "spawn", "timeout", "qmp", "bad_reply"];
+/// Miss reasons that are no change of the source: start-up, lookups of a
+/// failed or absent emulator. They do not move the last-miss timestamp.
+const NON_CHANGE_MISSES: &[&str] = &["cold", "failed", "missing", "inaccessible"];
 
 pub struct Metrics {
     pub registry: Registry,
-    pub probes: IntCounterVec,
-    pub probe_failures: IntCounterVec,
-    pub exec_duration: HistogramVec,
-    pub lookups: IntCounterVec,
-    pub hits: IntCounterVec,
-    pub misses: IntCounterVec,
-    pub hit_ratio: Gauge,
-    pub invalidations: IntCounterVec,
-    pub seconds_saved: prometheus::CounterVec,
+    probes: IntCounterVec,
+    probe_failures: IntCounterVec,
+    exec_duration: HistogramVec,
+    lookups: IntCounterVec,
+    hits: IntCounterVec,
+    misses: IntCounterVec,
+    hit_ratio: Gauge,
+    invalidations: IntCounterVec,
+    seconds_saved: prometheus::CounterVec,
     pub revalidations: IntCounter,
     pub emulator_info: IntGaugeVec,
     pub emulator_up: IntGaugeVec,
-    pub last_success: GaugeVec,
+    last_success: GaugeVec,
+    last_failure: GaugeVec,
+    last_miss: GaugeVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
-    pub build_info: IntGaugeVec,
+    reloads: IntCounterVec,
+    reload_ok: IntGauge,
     /// Totals behind the hit ratio (all emulators, since start).
     total_lookups: AtomicU64,
     total_hits: AtomicU64,
-    /// (emulator, reason) pairs of the reason-labelled counters, so a
-    /// removed emulator's series can all be deleted. Touched only on
-    /// misses, invalidations and failures, never on a hit.
-    reasons: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// (emulator, reason) pairs of the series born at their first event,
+    /// so a removed emulator's series can all be deleted. Touched only on
+    /// misses and invalidations, never on a hit.
+    born: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: T,
+) -> Result<T, prometheus::Error> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 impl Metrics {
@@ -59,30 +81,38 @@ impl Metrics {
     pub fn register() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let r = &registry;
-        fn reg<T: prometheus::core::Collector + Clone + 'static>(
-            r: &Registry,
-            c: T,
-        ) -> Result<T, prometheus::Error> {
-            r.register(Box::new(c.clone()))?;
-            Ok(c)
-        }
-        let m = Metrics {
-            probes: reg(
-                r,
-                IntCounterVec::new(
-                    opts("qcapsd_probes_total", "QEMU probes started."),
-                    &["emulator"],
-                )?,
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(r, IntCounterVec::new(opts(name, help), labels)?)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(r, GaugeVec::new(opts(name, help), labels)?)
+        };
+        let build_info = reg(
+            r,
+            IntGaugeVec::new(
+                opts(
+                    "qcapsd_build_info",
+                    "qcapsd's version and revision (always 1).",
+                ),
+                &["version", "revision"],
             )?,
-            probe_failures: reg(
-                r,
-                IntCounterVec::new(
-                    opts(
-                        "qcapsd_probe_failures_total",
-                        "QEMU probes that failed, by reason.",
-                    ),
-                    &["emulator", "reason"],
-                )?,
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("QCAPSD_REVISION").unwrap_or("unknown"),
+            ])
+            .set(1);
+        let m = Metrics {
+            probes: counter(
+                "qcapsd_probes_total",
+                "QEMU probes started (one exec each). Created at 0 per configured emulator.",
+                &["emulator"],
+            )?,
+            probe_failures: counter(
+                "qcapsd_probe_failures_total",
+                "Failed probes by reason; every reason created at 0 per emulator. Alerts use qcapsd_last_probe_failure_timestamp_seconds, which also shows a failure that happened before the first scrape.",
+                &["emulator", "reason"],
             )?,
             exec_duration: reg(
                 r,
@@ -95,32 +125,20 @@ impl Metrics {
                     &["emulator"],
                 )?,
             )?,
-            lookups: reg(
-                r,
-                IntCounterVec::new(
-                    opts("qcapsd_cache_lookups_total", "Cache lookups."),
-                    &["emulator"],
-                )?,
+            lookups: counter(
+                "qcapsd_cache_lookups_total",
+                "Cache lookups. Created at 0 per emulator.",
+                &["emulator"],
             )?,
-            hits: reg(
-                r,
-                IntCounterVec::new(
-                    opts(
-                        "qcapsd_cache_hits_total",
-                        "Lookups answered from a valid entry (an exec avoided).",
-                    ),
-                    &["emulator"],
-                )?,
+            hits: counter(
+                "qcapsd_cache_hits_total",
+                "Lookups answered from a valid entry (an exec avoided). Created at 0 per emulator.",
+                &["emulator"],
             )?,
-            misses: reg(
-                r,
-                IntCounterVec::new(
-                    opts(
-                        "qcapsd_cache_misses_total",
-                        "Lookups that needed a probe or waited on one, by reason.",
-                    ),
-                    &["emulator", "reason"],
-                )?,
+            misses: counter(
+                "qcapsd_cache_misses_total",
+                "Lookups that needed a probe, waited on one or found no valid entry, by reason. Each reason's series is born at its first miss (12 reasons per emulator would exceed the series budget); alerts use qcapsd_last_cache_miss_timestamp_seconds.",
+                &["emulator", "reason"],
             )?,
             hit_ratio: reg(
                 r,
@@ -129,15 +147,10 @@ impl Metrics {
                     "Cache hits over lookups since start.",
                 ))?,
             )?,
-            invalidations: reg(
-                r,
-                IntCounterVec::new(
-                    opts(
-                        "qcapsd_cache_invalidations_total",
-                        "Entries found invalid, by reason.",
-                    ),
-                    &["emulator", "reason"],
-                )?,
+            invalidations: counter(
+                "qcapsd_cache_invalidations_total",
+                "Entries found invalid, by reason; each reason's series is born at its first invalidation (series budget).",
+                &["emulator", "reason"],
             )?,
             seconds_saved: reg(
                 r,
@@ -176,25 +189,25 @@ impl Metrics {
                     &["emulator"],
                 )?,
             )?,
-            last_success: reg(
-                r,
-                GaugeVec::new(
-                    opts(
-                        "qcapsd_last_probe_success_timestamp_seconds",
-                        "Unix time of the last successful probe.",
-                    ),
-                    &["emulator"],
-                )?,
+            last_success: gauge(
+                "qcapsd_last_probe_success_timestamp_seconds",
+                "Unix time of the last successful probe (0: none yet).",
+                &["emulator"],
             )?,
-            http_requests: reg(
-                r,
-                IntCounterVec::new(
-                    opts(
-                        "qcapsd_http_requests_total",
-                        "HTTP requests by route and status code.",
-                    ),
-                    &["route", "code"],
-                )?,
+            last_failure: gauge(
+                "qcapsd_last_probe_failure_timestamp_seconds",
+                "Unix time of the last failed probe (0: none). A level an alert can test from its first scrape, unlike the first increment of a counter.",
+                &["emulator"],
+            )?,
+            last_miss: gauge(
+                "qcapsd_last_cache_miss_timestamp_seconds",
+                "Unix time of the last lookup that missed because the emulator changed (every miss reason but cold, failed, missing and inaccessible; 0: none). What QcapsdCacheMissesSustained tests.",
+                &["emulator"],
+            )?,
+            http_requests: counter(
+                "qcapsd_http_requests_total",
+                "HTTP requests by route and status code.",
+                &["route", "code"],
             )?,
             http_duration: reg(
                 r,
@@ -207,27 +220,27 @@ impl Metrics {
                     &["route", "code"],
                 )?,
             )?,
-            build_info: reg(
+            reloads: counter(
+                "qcapsd_config_reloads_total",
+                "Config reloads (SIGHUP) by result: success or failure (a refused config keeps the running one).",
+                &["result"],
+            )?,
+            reload_ok: reg(
                 r,
-                IntGaugeVec::new(
-                    opts(
-                        "qcapsd_build_info",
-                        "qcapsd's version and revision (always 1).",
-                    ),
-                    &["version", "revision"],
-                )?,
+                IntGauge::with_opts(opts(
+                    "qcapsd_config_last_reload_successful",
+                    "1 if the last config reload (or the start) succeeded, 0 if it was refused.",
+                ))?,
             )?,
             total_lookups: AtomicU64::new(0),
             total_hits: AtomicU64::new(0),
-            reasons: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            born: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             registry,
         };
-        m.build_info
-            .with_label_values(&[
-                env!("CARGO_PKG_VERSION"),
-                option_env!("QCAPSD_REVISION").unwrap_or("unknown"),
-            ])
-            .set(1);
+        for result in ["success", "failure"] {
+            m.reloads.with_label_values(&[result]);
+        }
+        m.reload_ok.set(1);
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -235,21 +248,95 @@ impl Metrics {
         Ok(m)
     }
 
-    pub fn record_hit(&self, emulator: &str, exec_seconds: f64) {
-        self.lookups.with_label_values(&[emulator]).inc();
-        self.hits.with_label_values(&[emulator]).inc();
+    /// Creates an emulator's series at zero.
+    pub fn add_emulator(&self, e: &str) {
+        self.probes.with_label_values(&[e]);
+        for reason in FAILURE_REASONS {
+            self.probe_failures.with_label_values(&[e, reason]);
+        }
+        self.exec_duration.with_label_values(&[e]);
+        self.lookups.with_label_values(&[e]);
+        self.hits.with_label_values(&[e]);
+        self.seconds_saved.with_label_values(&[e]);
+        self.emulator_up.with_label_values(&[e]);
+        for g in [&self.last_success, &self.last_failure, &self.last_miss] {
+            g.with_label_values(&[e]);
+        }
+    }
+
+    /// Forgets every series of an emulator no longer configured.
+    pub fn remove_emulator(&self, e: &str) {
+        for v in [&self.probes, &self.lookups, &self.hits] {
+            let _ = v.remove_label_values(&[e]);
+        }
+        for reason in FAILURE_REASONS {
+            let _ = self.probe_failures.remove_label_values(&[e, reason]);
+        }
+        let mut born = self.born.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<(String, String)> = born.iter().filter(|(x, _)| x == e).cloned().collect();
+        for (x, reason) in gone {
+            for v in [&self.misses, &self.invalidations] {
+                let _ = v.remove_label_values(&[&x, &reason]);
+            }
+            born.remove(&(x, reason));
+        }
+        let _ = self.exec_duration.remove_label_values(&[e]);
+        let _ = self.seconds_saved.remove_label_values(&[e]);
+        let _ = self.emulator_up.remove_label_values(&[e]);
+        for g in [&self.last_success, &self.last_failure, &self.last_miss] {
+            let _ = g.remove_label_values(&[e]);
+        }
+    }
+
+    pub fn probe_started(&self, e: &str) {
+        self.probes.with_label_values(&[e]).inc();
+    }
+
+    pub fn observe_exec(&self, e: &str, took: Duration) {
+        self.exec_duration
+            .with_label_values(&[e])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn probe_succeeded(&self, e: &str, at_unix: f64) {
+        self.last_success.with_label_values(&[e]).set(at_unix);
+    }
+
+    pub fn probe_failed(&self, e: &str, reason: &str, at_unix: f64) {
+        self.probe_failures.with_label_values(&[e, reason]).inc();
+        self.last_failure.with_label_values(&[e]).set(at_unix);
+    }
+
+    pub fn record_hit(&self, e: &str, exec_seconds: f64) {
+        self.lookups.with_label_values(&[e]).inc();
+        self.hits.with_label_values(&[e]).inc();
         self.seconds_saved
-            .with_label_values(&[emulator])
+            .with_label_values(&[e])
             .inc_by(exec_seconds.max(0.0));
         self.total_lookups.fetch_add(1, Ordering::Relaxed);
         self.total_hits.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn record_miss(&self, emulator: &str, reason: &str) {
-        self.lookups.with_label_values(&[emulator]).inc();
-        self.misses.with_label_values(&[emulator, reason]).inc();
-        self.note_reason(emulator, reason);
+    pub fn record_miss(&self, e: &str, reason: &str, at_unix: f64) {
+        self.lookups.with_label_values(&[e]).inc();
+        self.misses.with_label_values(&[e, reason]).inc();
+        self.note_born(e, reason);
+        if !NON_CHANGE_MISSES.contains(&reason) {
+            self.last_miss.with_label_values(&[e]).set(at_unix);
+        }
         self.total_lookups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_invalidation(&self, e: &str, reason: &str) {
+        self.invalidations.with_label_values(&[e, reason]).inc();
+        self.note_born(e, reason);
+    }
+
+    /// A config reload was applied (`true`) or refused.
+    pub fn record_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+        self.reload_ok.set(i64::from(ok));
     }
 
     /// Hits over lookups since start (1 before the first lookup: nothing
@@ -263,45 +350,11 @@ impl Metrics {
         }
     }
 
-    pub fn record_invalidation(&self, emulator: &str, reason: &str) {
-        self.invalidations
-            .with_label_values(&[emulator, reason])
-            .inc();
-        self.note_reason(emulator, reason);
-    }
-
-    pub fn record_probe_failure(&self, emulator: &str, reason: &str) {
-        self.probe_failures
-            .with_label_values(&[emulator, reason])
-            .inc();
-        self.note_reason(emulator, reason);
-    }
-
-    fn note_reason(&self, emulator: &str, reason: &str) {
-        let mut r = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
-        if !r.contains(&(emulator.to_owned(), reason.to_owned())) {
-            r.insert((emulator.to_owned(), reason.to_owned()));
+    fn note_born(&self, e: &str, reason: &str) {
+        let mut b = self.born.lock().unwrap_or_else(|p| p.into_inner());
+        if !b.contains(&(e.to_owned(), reason.to_owned())) {
+            b.insert((e.to_owned(), reason.to_owned()));
         }
-    }
-
-    /// Forgets every series of an emulator no longer configured.
-    pub fn remove_emulator(&self, emulator: &str) {
-        for v in [&self.probes, &self.lookups, &self.hits] {
-            let _ = v.remove_label_values(&[emulator]);
-        }
-        let mut r = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: Vec<(String, String)> =
-            r.iter().filter(|(e, _)| e == emulator).cloned().collect();
-        for (e, reason) in gone {
-            for v in [&self.misses, &self.invalidations, &self.probe_failures] {
-                let _ = v.remove_label_values(&[&e, &reason]);
-            }
-            r.remove(&(e, reason));
-        }
-        let _ = self.exec_duration.remove_label_values(&[emulator]);
-        let _ = self.seconds_saved.remove_label_values(&[emulator]);
-        let _ = self.emulator_up.remove_label_values(&[emulator]);
-        let _ = self.last_success.remove_label_values(&[emulator]);
     }
 
     /// The text exposition of every metric.
@@ -317,32 +370,28 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.encode().unwrap()).unwrap()
+    }
+
     #[test]
     fn every_contract_metric_is_registered() {
         let m = Metrics::register().unwrap();
+        m.add_emulator("x86_64");
         m.record_hit("x86_64", 0.1);
-        m.record_miss("x86_64", "cold");
-        m.probes.with_label_values(&["x86_64"]).inc();
-        m.probe_failures
-            .with_label_values(&["x86_64", "timeout"])
-            .inc();
-        m.exec_duration.with_label_values(&["x86_64"]).observe(0.1);
-        m.invalidations
-            .with_label_values(&["x86_64", "binary_changed"])
-            .inc();
+        m.record_miss("x86_64", "cold", 1.0);
+        m.record_invalidation("x86_64", "binary_changed");
         m.revalidations.inc();
         m.emulator_info
             .with_label_values(&["x86_64", "/usr/bin/q", "x86_64", "10.0.2"])
             .set(1);
-        m.emulator_up.with_label_values(&["x86_64"]).set(1);
-        m.last_success.with_label_values(&["x86_64"]).set(1.0);
         m.http_requests
             .with_label_values(&["/healthz", "200"])
             .inc();
         m.http_duration
             .with_label_values(&["/healthz", "200"])
             .observe(0.0001);
-        let text = String::from_utf8(m.encode().unwrap()).unwrap();
+        let text = text(&m);
         for name in [
             "qcapsd_probes_total",
             "qcapsd_probe_failures_total",
@@ -357,9 +406,13 @@ mod tests {
             "qcapsd_emulator_info",
             "qcapsd_emulator_up",
             "qcapsd_last_probe_success_timestamp_seconds",
+            "qcapsd_last_probe_failure_timestamp_seconds",
+            "qcapsd_last_cache_miss_timestamp_seconds",
             "qcapsd_http_requests_total",
             "qcapsd_http_request_duration_seconds_bucket",
             "qcapsd_build_info",
+            "qcapsd_config_reloads_total",
+            "qcapsd_config_last_reload_successful 1",
             "process_cpu_seconds_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
@@ -367,17 +420,46 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_emulator_is_visible_at_zero_before_any_event() {
+        let m = Metrics::register().unwrap();
+        m.add_emulator("e");
+        let t = text(&m);
+        for series in [
+            "qcapsd_probes_total{emulator=\"e\"} 0",
+            "qcapsd_probe_failures_total{emulator=\"e\",reason=\"timeout\"} 0",
+            "qcapsd_last_probe_failure_timestamp_seconds{emulator=\"e\"} 0",
+            "qcapsd_last_cache_miss_timestamp_seconds{emulator=\"e\"} 0",
+            "qcapsd_exec_duration_seconds_count{emulator=\"e\"} 0",
+        ] {
+            assert!(t.contains(series), "{series} missing from:\n{t}");
+        }
+    }
+
+    #[test]
+    fn only_misses_of_a_changed_emulator_move_the_miss_timestamp() {
+        let m = Metrics::register().unwrap();
+        m.add_emulator("e");
+        for r in NON_CHANGE_MISSES {
+            m.record_miss("e", r, 5.0);
+        }
+        assert!(text(&m).contains("qcapsd_last_cache_miss_timestamp_seconds{emulator=\"e\"} 0"));
+        m.record_miss("e", "binary_changed", 7.0);
+        assert!(text(&m).contains("qcapsd_last_cache_miss_timestamp_seconds{emulator=\"e\"} 7"));
+    }
+
+    #[test]
     fn a_removed_emulator_loses_every_series() {
         let m = Metrics::register().unwrap();
         for e in ["gone", "kept"] {
+            m.add_emulator(e);
             m.record_hit(e, 0.1);
-            m.record_miss(e, "binary_changed");
+            m.record_miss(e, "binary_changed", 1.0);
             m.record_invalidation(e, "binary_changed");
-            m.record_probe_failure(e, "timeout");
-            m.probes.with_label_values(&[e]).inc();
+            m.probe_failed(e, "timeout", 1.0);
+            m.probe_started(e);
         }
         m.remove_emulator("gone");
-        let text = String::from_utf8(m.encode().unwrap()).unwrap();
+        let text = text(&m);
         assert!(!text.contains("emulator=\"gone\""), "{text}");
         assert!(
             text.contains("qcapsd_probe_failures_total{emulator=\"kept\",reason=\"timeout\"} 1")
@@ -391,7 +473,7 @@ mod tests {
         for _ in 0..3 {
             m.record_hit("a", 0.0);
         }
-        m.record_miss("b", "cold");
+        m.record_miss("b", "cold", 0.0);
         assert_eq!(m.hit_ratio_now(), 0.75);
     }
 }

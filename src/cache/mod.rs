@@ -1,78 +1,41 @@
 //! A generic validated cache that knows nothing of QEMU.
 //!
-//! The contract is libvirt's `virfilecache` handler table, split so that no
-//! lock is ever held across I/O: [`Handler::stamp`] says what the source
-//! looks like now (stat-only), [`Handler::data_stamp`] what it looked like
-//! when the data was made, [`Handler::new_data`] makes new data (a probe),
-//! [`Handler::load_file`] / [`Handler::save_file`] convert to and from disk.
+//! - [`handler`]: the contract with the thing cached (libvirt's
+//!   `virfilecache` handler table) and the observer hooks.
+//! - [`slot`]: one key's state and the one decision made about it, shared
+//!   by lookups and the revalidator.
+//! - [`flight`]: a refresh in flight and the channel its outcome arrives on.
+//! - [`store`]: the atomic on-disk store.
 //!
-//! State: one `Slot` per key in a `std::sync::Mutex<HashMap>`. The lock is
-//! taken only to read or swap a slot, never across a stat, a probe or a
-//! write. Single flight: a slot holds at most one in-flight refresh (a task,
-//! so a caller that goes away does not cancel it for the others); lookups
-//! that need it wait on a `watch` channel. Probes of different keys run in
-//! parallel, bounded by one semaphore (`probe_concurrency`).
+//! State: one slot per key in a `std::sync::Mutex<HashMap>`. The lock is
+//! taken only to read or change slots, never across a stat, a probe, a file
+//! write or an `.await`. Single flight: a slot has at most one current
+//! refresh; lookups that see the same source join it, a lookup that sees a
+//! changed source starts a new one that supersedes it. Refreshes of
+//! different keys run in parallel, bounded by one semaphore.
 
+pub mod flight;
+pub mod handler;
+pub mod slot;
 pub mod store;
 
+use flight::{Flight, FlightRx, FlightTx, Outcome};
+pub use handler::{Absent, Handler, NoObserver, Observer};
+use slot::{Failure, Slot, Verdict};
 use std::collections::HashMap;
-use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use store::Store;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// What the cache needs from the thing it caches.
-pub trait Handler: Send + Sync + 'static {
-    type Data: Send + Sync + 'static;
-    type Stamp: Clone + PartialEq + Send + Sync + 'static;
-    type Error: std::fmt::Display + Send + Sync + 'static;
-
-    /// The source of `key` as it is now, cheaply (no exec). `None`: the
-    /// source is missing.
-    fn stamp(&self, key: &str) -> Option<Self::Stamp>;
-    /// The stamp `data` was made under.
-    fn data_stamp<'a>(&self, data: &'a Self::Data) -> &'a Self::Stamp;
-    /// A short, bounded reason for the difference between two stamps.
-    fn why_changed(&self, old: &Self::Stamp, new: &Self::Stamp) -> &'static str;
-    /// Makes fresh data for `key`; `stamp` was taken just before.
-    fn new_data(
-        &self,
-        key: &str,
-        stamp: Self::Stamp,
-        cancel: CancellationToken,
-    ) -> impl Future<Output = Result<Self::Data, Self::Error>> + Send;
-    /// Decodes a cache file (an error means corrupt or foreign).
-    fn load_file(&self, key: &str, bytes: &[u8]) -> Result<Self::Data, String>;
-    /// Encodes data for its cache file.
-    fn save_file(&self, key: &str, data: &Self::Data) -> Result<Vec<u8>, String>;
-}
-
-/// Hooks for metrics and logs. Every method has a no-op default.
-pub trait Observer<D>: Send + Sync {
-    /// A lookup answered from a valid entry.
-    fn hit(&self, _key: &str, _data: &D) {}
-    /// A lookup that needed a refresh or waited on one.
-    fn miss(&self, _key: &str, _reason: &'static str) {}
-    /// An entry found invalid (by a lookup or the revalidator).
-    fn invalidated(&self, _key: &str, _reason: &'static str) {}
-    /// A refresh ended; `Err` carries the error text.
-    fn refreshed(&self, _key: &str, _result: Result<&D, &str>) {}
-    /// A pass of [`Cache::revalidate_all`].
-    fn revalidation(&self) {}
-    /// A key was removed from the cache (config reload).
-    fn removed(&self, _key: &str) {}
-}
-
-/// An observer that does nothing.
-pub struct NoObserver;
-impl<D> Observer<D> for NoObserver {}
-
 /// The state of one key, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Not probed yet.
@@ -120,7 +83,7 @@ pub struct Waiter<D> {
 
 impl<D> Waiter<D> {
     pub async fn wait(mut self) -> Result<Answer<D>, LookupError> {
-        wait(&mut self.rx).await.map(|data| Answer {
+        flight::outcome(&mut self.rx).await.map(|data| Answer {
             data,
             hit: false,
             stale: false,
@@ -135,9 +98,20 @@ pub enum LookupError {
     #[error("source missing")]
     Missing,
     #[error("{0}")]
+    Inaccessible(Arc<str>),
+    #[error("{0}")]
     Failed(Arc<str>),
     #[error("shutting down")]
     Cancelled,
+}
+
+impl From<Absent> for LookupError {
+    fn from(a: Absent) -> Self {
+        match a {
+            Absent::Missing => LookupError::Missing,
+            Absent::Inaccessible(why) => LookupError::Inaccessible(why),
+        }
+    }
 }
 
 /// A key's state for listings.
@@ -149,6 +123,16 @@ pub struct Status<D> {
     pub error: Option<Arc<str>>,
     pub failures: u32,
     pub last_failure: Option<SystemTime>,
+}
+
+/// What [`Cache::force`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forced {
+    /// The key's state right after.
+    pub state: State,
+    /// Set when the refresh was refused because the last forced one started
+    /// less than the minimum interval ago: how long until one is allowed.
+    pub retry_after: Option<Duration>,
 }
 
 /// Retry delays after failures: `initial`, doubling, at most `max`.
@@ -174,58 +158,17 @@ impl Backoff {
     }
 }
 
-type Outcome<D> = Result<Arc<D>, LookupError>;
-/// The receiving end of a refresh's outcome.
-type FlightRx<D> = watch::Receiver<Option<Outcome<D>>>;
-
 /// How long a cancelled refresh may take to stop by itself.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
-struct Failure<S> {
-    error: Arc<str>,
-    /// The stamp the failing refresh ran under: while the source still looks
-    /// like this, a lookup does not retry before `retry_at`.
-    stamp: S,
-    attempts: u32,
-    retry_at: Instant,
-    at: SystemTime,
-}
+type SlotOf<H> = Slot<<H as Handler>::Data, <H as Handler>::Stamp>;
 
-struct Slot<H: Handler> {
-    /// The last good data (stale while `failure` is set).
-    data: Option<Arc<H::Data>>,
-    /// The in-flight refresh (its outcome channel and reason), if any.
-    flight: Option<(FlightRx<H::Data>, &'static str)>,
-    failure: Option<Failure<H::Stamp>>,
-    missing: bool,
-    /// The last write of `data` to disk failed; the revalidator retries it.
-    unsaved: bool,
-}
-
-impl<H: Handler> Slot<H> {
-    fn new() -> Self {
-        Slot {
-            data: None,
-            flight: None,
-            failure: None,
-            missing: false,
-            unsaved: false,
-        }
-    }
-
-    fn state(&self) -> State {
-        if self.flight.is_some() {
-            State::Probing
-        } else if self.missing {
-            State::Missing
-        } else if self.failure.is_some() {
-            State::Failed
-        } else if self.data.is_some() {
-            State::Fresh
-        } else {
-            State::Pending
-        }
-    }
+/// What one step of the decision did to a slot, for the caller to report.
+enum Step<D> {
+    Hit(Arc<D>),
+    Wait(FlightRx<D>, &'static str),
+    BackingOff(Option<Arc<D>>, Arc<str>),
+    Absent(Absent),
 }
 
 /// The cache. Share it as `Arc<Cache<H>>`.
@@ -233,20 +176,16 @@ pub struct Cache<H: Handler> {
     handler: Arc<H>,
     store: Store,
     /// Guards every slot; never held across I/O or `.await`.
-    slots: Mutex<HashMap<String, Slot<H>>>,
+    slots: Mutex<HashMap<String, SlotOf<H>>>,
     /// Bounds concurrent refreshes across all keys.
     permits: Arc<Semaphore>,
     observer: Arc<dyn Observer<H::Data>>,
     backoff: Backoff,
+    /// Ids of flights, so a superseded one knows it is.
+    next_flight: AtomicU64,
     /// Cancelled at shutdown: in-flight refreshes stop and are awaited.
     cancel: CancellationToken,
     tasks: TaskTracker,
-}
-
-/// What the revalidator decided for one key.
-enum Decision {
-    Keep,
-    Refresh(&'static str),
 }
 
 impl<H: Handler> Cache<H> {
@@ -264,6 +203,7 @@ impl<H: Handler> Cache<H> {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             observer,
             backoff,
+            next_flight: AtomicU64::new(1),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -277,7 +217,7 @@ impl<H: Handler> Cache<H> {
         &self.store
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot<H>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, SlotOf<H>>> {
         // A panic while holding the lock leaves plain data behind; keep going.
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -304,6 +244,9 @@ impl<H: Handler> Cache<H> {
             }
             gone
         };
+        for k in &added {
+            self.observer.added(k);
+        }
         for k in &removed {
             self.store.remove(k);
             self.observer.removed(k);
@@ -315,9 +258,8 @@ impl<H: Handler> Cache<H> {
     /// (used when a key's definition changed on reload).
     pub fn reset(&self, key: &str) {
         if let Some(slot) = self.lock().get_mut(key) {
-            if slot.flight.is_none() {
-                *slot = Slot::new();
-            }
+            *slot = Slot::new();
+            self.observer.changed(key);
         }
         self.store.remove(key);
     }
@@ -330,13 +272,15 @@ impl<H: Handler> Cache<H> {
 
     /// Serves `key` from its file when the file is sound and still valid.
     /// A corrupt, foreign or outdated file is removed (and logged). Returns
-    /// whether the key is now served from disk.
+    /// whether the key is now served from disk. Blocking (file I/O): call it
+    /// on a blocking thread.
     pub fn load_from_disk(&self, key: &str) -> bool {
+        let file = self.store.path(key);
         let bytes = match self.store.read(key) {
             Ok(Some(b)) => b,
             Ok(None) => return false,
             Err(e) => {
-                tracing::warn!(key, file = %self.store.path(key).display(), error = %e, "cannot read cache file; it will be re-probed");
+                tracing::warn!(key, file = %file.display(), error = %e, "cannot read cache file; it will be re-probed");
                 self.store.remove(key);
                 return false;
             }
@@ -344,25 +288,29 @@ impl<H: Handler> Cache<H> {
         let data = match self.handler.load_file(key, &bytes) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(key, file = %self.store.path(key).display(), error = %e, "discarding corrupt cache file");
+                tracing::warn!(key, file = %file.display(), error = %e, "discarding corrupt cache file");
                 self.store.remove(key);
                 return false;
             }
         };
-        let now = self.handler.stamp(key);
-        if now.as_ref() != Some(self.handler.data_stamp(&data)) {
-            let why = match &now {
-                Some(n) => self.handler.why_changed(self.handler.data_stamp(&data), n),
-                None => "missing",
-            };
-            tracing::info!(key, reason = why, "discarding outdated cache file");
-            self.store.remove(key);
-            return false;
+        let then = self.handler.data_stamp(&data);
+        match self.handler.stamp(key) {
+            Ok(now) if &now == then => {}
+            now => {
+                let reason = match &now {
+                    Ok(n) => self.handler.why_changed(then, n),
+                    Err(a) => a.reason(),
+                };
+                tracing::info!(key, reason, "discarding outdated cache file");
+                self.store.remove(key);
+                return false;
+            }
         }
         let mut slots = self.lock();
         match slots.get_mut(key) {
             Some(slot) if slot.data.is_none() && slot.flight.is_none() => {
                 slot.data = Some(Arc::new(data));
+                self.observer.changed(key);
                 true
             }
             _ => false,
@@ -384,157 +332,234 @@ impl<H: Handler> Cache<H> {
     pub fn begin(self: &Arc<Self>, key: &str) -> Result<Lookup<H::Data>, LookupError> {
         // Stat before taking the lock: no I/O under it.
         let now = self.handler.stamp(key);
-        let rx = {
-            let mut slots = self.lock();
-            let slot = slots.get_mut(key).ok_or(LookupError::Unknown)?;
-            let Some(now) = now else {
-                if !slot.missing {
-                    slot.missing = true;
-                    self.observer.invalidated(key, "missing");
-                }
-                self.observer.miss(key, "missing");
-                return Err(LookupError::Missing);
-            };
-            slot.missing = false;
-            if let Some(data) = &slot.data {
-                if self.handler.data_stamp(data) == &now {
-                    let stale = slot.failure.is_some();
-                    self.observer.hit(key, data);
-                    return Ok(Lookup::Ready(Answer {
-                        data: Arc::clone(data),
-                        hit: true,
-                        stale,
-                    }));
+        let mut slots = self.lock();
+        let slot = slots.get_mut(key).ok_or(LookupError::Unknown)?;
+        match self.step(key, slot, now) {
+            Step::Hit(data) => {
+                self.observer.hit(key, &data);
+                Ok(Lookup::Ready(Answer {
+                    data,
+                    hit: true,
+                    stale: false,
+                }))
+            }
+            Step::Wait(rx, reason) => {
+                self.observer.miss(key, reason);
+                Ok(Lookup::Waiting(Waiter { rx }))
+            }
+            Step::BackingOff(data, error) => {
+                // Same source, still backing off: no new exec, and no valid
+                // entry either.
+                self.observer.miss(key, "failed");
+                match data {
+                    Some(data) => Ok(Lookup::Ready(Answer {
+                        data,
+                        hit: false,
+                        stale: true,
+                    })),
+                    None => Err(LookupError::Failed(error)),
                 }
             }
-            match &slot.flight {
-                Some((rx, reason)) => {
-                    self.observer.miss(key, reason);
-                    rx.clone()
-                }
-                None => {
-                    if let Some(f) = &slot.failure {
-                        if f.stamp == now && Instant::now() < f.retry_at {
-                            // Same source, still backing off: no new exec,
-                            // and no valid entry either.
-                            self.observer.miss(key, "failed");
-                            return match &slot.data {
-                                Some(d) => Ok(Lookup::Ready(Answer {
-                                    data: Arc::clone(d),
-                                    hit: false,
-                                    stale: true,
-                                })),
-                                None => Err(LookupError::Failed(Arc::clone(&f.error))),
-                            };
-                        }
-                    }
-                    let reason = self.reason(slot, &now);
-                    self.observer.miss(key, reason);
-                    if slot.data.is_some() {
-                        self.observer.invalidated(key, reason);
-                    }
-                    self.start_flight(key, slot, now, reason)
-                }
+            Step::Absent(a) => {
+                self.observer.miss(key, a.reason());
+                Err(a.into())
             }
-        };
-        Ok(Lookup::Waiting(Waiter { rx }))
-    }
-
-    /// Why `slot` needs a refresh given the source's stamp `now`.
-    fn reason(&self, slot: &Slot<H>, now: &H::Stamp) -> &'static str {
-        match (&slot.data, &slot.failure) {
-            (_, Some(f)) if &f.stamp != now => self.handler.why_changed(&f.stamp, now),
-            (_, Some(_)) => "retry",
-            (Some(d), None) => self.handler.why_changed(self.handler.data_stamp(d), now),
-            (None, None) => "cold",
         }
     }
 
-    /// Starts the one refresh of `key` (caller holds the lock and has checked
-    /// there is none). Returns the channel its outcome arrives on.
+    /// The decision ([`Slot::classify`]) and what follows from it, for both
+    /// the lookup and the revalidator: marks absence, forgets an obsolete
+    /// failure, counts invalidations, starts refreshes. Caller holds the
+    /// lock.
+    fn step(
+        self: &Arc<Self>,
+        key: &str,
+        slot: &mut SlotOf<H>,
+        now: Result<H::Stamp, Absent>,
+    ) -> Step<H::Data> {
+        let h = &self.handler;
+        let verdict = slot.classify(
+            now.as_ref(),
+            Instant::now(),
+            |d| h.data_stamp(d),
+            |a, b| h.why_changed(a, b),
+        );
+        let now = match (verdict, now) {
+            (Verdict::Absent { newly }, Err(absent)) => {
+                if newly {
+                    tracing::warn!(key, reason = absent.reason(), "source gone or unreadable");
+                    self.observer.invalidated(key, absent.reason());
+                    slot.absent = Some(absent.clone());
+                    self.observer.changed(key);
+                }
+                return Step::Absent(absent);
+            }
+            (_, Ok(now)) => now,
+            (_, Err(absent)) => return Step::Absent(absent),
+        };
+        if slot.absent.take().is_some() {
+            self.observer.changed(key);
+        }
+        match verdict {
+            Verdict::Hit => {
+                if slot.failure.take().is_some() {
+                    self.observer.changed(key);
+                }
+                match &slot.data {
+                    Some(d) => Step::Hit(Arc::clone(d)),
+                    None => Step::BackingOff(None, Arc::from("no data")),
+                }
+            }
+            Verdict::Join => match &slot.flight {
+                Some(f) => Step::Wait(f.rx.clone(), f.reason),
+                None => Step::BackingOff(slot.data.clone(), Arc::from("no refresh")),
+            },
+            Verdict::BackingOff => {
+                let error = slot
+                    .failure
+                    .as_ref()
+                    .map_or_else(|| Arc::from("failed"), |f| Arc::clone(&f.error));
+                Step::BackingOff(slot.data.clone(), error)
+            }
+            Verdict::Refresh {
+                reason,
+                invalidated,
+            } => {
+                if invalidated {
+                    self.observer.invalidated(key, reason);
+                }
+                Step::Wait(self.start_flight(key, slot, now, reason), reason)
+            }
+            Verdict::Absent { .. } => Step::BackingOff(slot.data.clone(), Arc::from("absent")),
+        }
+    }
+
+    /// Starts a refresh of `key` under `stamp`; it becomes the slot's
+    /// current flight (superseding one started under another stamp).
+    /// Caller holds the lock. Returns the channel its outcome arrives on.
     fn start_flight(
         self: &Arc<Self>,
         key: &str,
-        slot: &mut Slot<H>,
+        slot: &mut SlotOf<H>,
         stamp: H::Stamp,
         reason: &'static str,
     ) -> FlightRx<H::Data> {
-        let (tx, rx) = watch::channel(None);
-        slot.flight = Some((rx.clone(), reason));
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (flight, tx) = Flight::new(id, stamp.clone(), reason);
+        let rx = flight.rx.clone();
+        slot.latest = Some(rx.clone());
+        slot.flight = Some(flight);
+        self.observer.changed(key);
         let cache = Arc::clone(self);
         let key = key.to_owned();
         tracing::debug!(key, reason, "refresh started");
-        self.tasks.spawn(async move {
-            let outcome = cache.refresh(&key, stamp).await;
-            let _ = tx.send(Some(outcome));
-        });
+        self.tasks
+            .spawn(async move { cache.run_flight(key, id, stamp, reason, tx).await });
         rx
     }
 
-    async fn refresh(self: &Arc<Self>, key: &str, stamp: H::Stamp) -> Outcome<H::Data> {
-        let probe_stamp = stamp.clone();
-        let work = async move {
+    /// One refresh: makes the data, installs it (if this flight is still
+    /// the slot's current one), publishes the outcome, then writes the file.
+    async fn run_flight(
+        self: Arc<Self>,
+        key: String,
+        id: u64,
+        stamp: H::Stamp,
+        reason: &'static str,
+        tx: FlightTx<H::Data>,
+    ) {
+        let result = self.produce(&key, stamp.clone()).await;
+        let mut previous = None;
+        let mut current = false;
+        let outcome: Outcome<H::Data> = {
+            let mut slots = self.lock();
+            match slots.get_mut(&key) {
+                None => Err(LookupError::Unknown),
+                Some(slot) => {
+                    current = slot.flight.as_ref().is_some_and(|f| f.id == id);
+                    if current {
+                        slot.flight = None;
+                        self.observer.changed(&key);
+                    }
+                    match result {
+                        Err(e) if self.cancel.is_cancelled() => {
+                            tracing::debug!(key, error = %e, "refresh cancelled");
+                            Err(LookupError::Cancelled)
+                        }
+                        Ok(data) => {
+                            let data = Arc::new(data);
+                            if current {
+                                previous = slot.data.replace(Arc::clone(&data));
+                                slot.failure = None;
+                                slot.unsaved = true;
+                            }
+                            Ok(data)
+                        }
+                        Err(error) => {
+                            if current {
+                                self.record_failure(&key, slot, stamp, &error);
+                            }
+                            Err(LookupError::Failed(error))
+                        }
+                    }
+                }
+            }
+        };
+        // Waiters get the answer before the file's two fsyncs.
+        tx.send_modify(|p| p.outcome = Some(outcome.clone()));
+        match &outcome {
+            Ok(data) if current => {
+                self.observer
+                    .replaced(&key, previous.as_deref(), data, reason);
+                self.save(&key).await;
+            }
+            Ok(_) => tracing::debug!(key, "superseded refresh ended; its data is not kept"),
+            Err(LookupError::Failed(e)) => self.observer.failed(&key, e),
+            Err(_) => {}
+        }
+        tx.send_modify(|p| p.settled = true);
+    }
+
+    /// Runs the handler under a permit; at shutdown gives it a moment to
+    /// stop cleanly (kill and reap) before the future is dropped.
+    async fn produce(&self, key: &str, stamp: H::Stamp) -> Result<H::Data, Arc<str>> {
+        let work = async {
             let _permit = Arc::clone(&self.permits)
                 .acquire_owned()
                 .await
                 .map_err(|_| Arc::<str>::from("shutting down"))?;
             self.handler
-                .new_data(key, probe_stamp, self.cancel.child_token())
+                .new_data(key, stamp, self.cancel.child_token())
                 .await
                 .map_err(|e| Arc::<str>::from(e.to_string()))
         };
         tokio::pin!(work);
-        let result = tokio::select! {
+        tokio::select! {
             r = &mut work => r,
             () = self.cancel.cancelled() => {
-                // The handler sees the cancellation too; give it a moment to
-                // stop cleanly (kill and reap) before the future is dropped.
                 tokio::time::timeout(CANCEL_GRACE, &mut work)
                     .await
                     .unwrap_or_else(|_| Err(Arc::from("shutting down")))
             }
-        };
-        if self.cancel.is_cancelled() {
-            if let Some(slot) = self.lock().get_mut(key) {
-                slot.flight = None;
-            }
-            return Err(LookupError::Cancelled);
         }
-        let outcome = {
-            let mut slots = self.lock();
-            let Some(slot) = slots.get_mut(key) else {
-                return Err(LookupError::Unknown);
-            };
-            slot.flight = None;
-            match result {
-                Ok(data) => {
-                    let data = Arc::new(data);
-                    slot.data = Some(Arc::clone(&data));
-                    slot.failure = None;
-                    slot.unsaved = true;
-                    self.observer.refreshed(key, Ok(&data));
-                    Ok(data)
-                }
-                Err(error) => {
-                    let attempts = slot.failure.as_ref().map_or(0, |f| f.attempts) + 1;
-                    let delay = self.backoff.delay(attempts);
-                    tracing::warn!(key, %error, attempts, retry_in = ?delay, "refresh failed");
-                    self.observer.refreshed(key, Err(&error));
-                    slot.failure = Some(Failure {
-                        error: Arc::clone(&error),
-                        stamp,
-                        attempts,
-                        retry_at: Instant::now() + delay,
-                        at: SystemTime::now(),
-                    });
-                    Err(LookupError::Failed(error))
-                }
-            }
+    }
+
+    fn record_failure(&self, key: &str, slot: &mut SlotOf<H>, stamp: H::Stamp, error: &Arc<str>) {
+        // Retries of the same source back off further; a changed source
+        // starts over.
+        let attempts = match &slot.failure {
+            Some(f) if f.stamp == stamp => f.attempts + 1,
+            _ => 1,
         };
-        if outcome.is_ok() {
-            self.save(key).await;
-        }
-        outcome
+        let delay = self.backoff.delay(attempts);
+        tracing::warn!(key, %error, attempts, retry_in = ?delay, "refresh failed");
+        slot.failure = Some(Failure {
+            error: Arc::clone(error),
+            stamp,
+            attempts,
+            retry_at: Instant::now() + delay,
+            at: SystemTime::now(),
+        });
     }
 
     /// Writes `key`'s data to disk if it has not been written yet, on the
@@ -542,6 +567,10 @@ impl<H: Handler> Cache<H> {
     /// runtime worker that is answering queries). A failure is logged and
     /// retried by the next revalidation; memory keeps serving.
     async fn save(&self, key: &str) {
+        let Some(writing) = self.lock().get(key).map(|s| Arc::clone(&s.writing)) else {
+            return;
+        };
+        let _one_writer = writing.lock().await;
         let data = {
             let slots = self.lock();
             match slots.get(key) {
@@ -558,7 +587,7 @@ impl<H: Handler> Cache<H> {
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         match written {
             Ok(()) => {
@@ -577,137 +606,113 @@ impl<H: Handler> Cache<H> {
         }
     }
 
-    /// Forces one refresh of `key`, joining one already running. Returns
-    /// the state right after (probing) without waiting for the outcome.
-    pub fn force(self: &Arc<Self>, key: &str) -> Result<State, LookupError> {
+    /// Forces one refresh of `key`, joining one already running under the
+    /// same stamp. At most one forced refresh starts per `min_interval`;
+    /// within it the answer says how long to wait. Does not wait for the
+    /// outcome.
+    pub fn force(
+        self: &Arc<Self>,
+        key: &str,
+        min_interval: Duration,
+    ) -> Result<Forced, LookupError> {
         let now = self.handler.stamp(key);
         let mut slots = self.lock();
         let slot = slots.get_mut(key).ok_or(LookupError::Unknown)?;
-        if slot.flight.is_none() {
-            let Some(now) = now else {
-                slot.missing = true;
-                return Ok(State::Missing);
-            };
-            slot.missing = false;
+        let now = match now {
+            Ok(now) => now,
+            Err(absent) => {
+                if slot.absent.as_ref() != Some(&absent) {
+                    self.observer.invalidated(key, absent.reason());
+                    slot.absent = Some(absent.clone());
+                    self.observer.changed(key);
+                }
+                return Err(absent.into());
+            }
+        };
+        slot.absent = None;
+        let joined = slot.flight.as_ref().is_some_and(|f| f.stamp == now);
+        if !joined {
+            if let Some(last) = slot.last_forced {
+                let since = last.elapsed();
+                if since < min_interval {
+                    return Ok(Forced {
+                        state: slot_state(slot),
+                        retry_after: Some(min_interval - since),
+                    });
+                }
+            }
+            slot.last_forced = Some(Instant::now());
             self.observer.invalidated(key, "forced");
             self.start_flight(key, slot, now, "forced");
         }
-        Ok(slot.state())
+        Ok(Forced {
+            state: slot_state(slot),
+            retry_after: None,
+        })
     }
 
-    /// Waits for `key`'s in-flight refresh, if any.
+    /// Waits for `key`'s latest refresh, if any, to settle (its outcome
+    /// published and its file written).
     pub async fn settle(&self, key: &str) {
-        let rx = self
-            .lock()
-            .get(key)
-            .and_then(|s| s.flight.as_ref().map(|f| f.0.clone()));
+        let rx = self.lock().get(key).and_then(|s| s.latest.clone());
         if let Some(mut rx) = rx {
-            let _ = wait(&mut rx).await;
+            flight::settled(&mut rx).await;
         }
     }
 
-    /// Re-checks every key: refreshes those whose source changed, that were
-    /// never probed, or whose backoff is over; marks missing ones; retries
-    /// unsaved files. Waits for the refreshes it started.
+    /// Re-checks every key with the same decision a lookup makes: refreshes
+    /// those whose source changed, that were never probed, or whose backoff
+    /// is over; marks missing ones; retries unsaved files. Returns once the
+    /// refreshes it started or joined have settled (files written).
     pub async fn revalidate_all(self: &Arc<Self>) {
         self.observer.revalidation();
-        let keys = self.keys();
         let mut waiting = Vec::new();
-        for key in keys {
+        for key in self.keys() {
             let now = self.handler.stamp(&key);
-            let rx = {
+            {
                 let mut slots = self.lock();
                 let Some(slot) = slots.get_mut(&key) else {
                     continue;
                 };
-                if slot.flight.is_some() {
-                    slot.flight.as_ref().map(|f| f.0.clone())
-                } else {
-                    match self.decide(&key, slot, now) {
-                        (Decision::Keep, _) => None,
-                        (Decision::Refresh(reason), Some(now)) => {
-                            if slot.data.is_some() && slot.failure.is_none() {
-                                self.observer.invalidated(&key, reason);
-                            }
-                            Some(self.start_flight(&key, slot, now, reason))
-                        }
-                        (Decision::Refresh(_), None) => None,
-                    }
+                if let Step::Wait(rx, _) = self.step(&key, slot, now) {
+                    waiting.push(rx);
                 }
-            };
-            if let Some(rx) = rx {
-                waiting.push(rx);
             }
             self.save(&key).await;
         }
         for mut rx in waiting {
-            let _ = wait(&mut rx).await;
+            flight::settled(&mut rx).await;
         }
     }
 
-    fn decide(
-        &self,
-        key: &str,
-        slot: &mut Slot<H>,
-        now: Option<H::Stamp>,
-    ) -> (Decision, Option<H::Stamp>) {
-        let Some(now) = now else {
-            if !slot.missing {
-                slot.missing = true;
-                tracing::warn!(key, "binary missing");
-                self.observer.invalidated(key, "missing");
-            }
-            return (Decision::Keep, None);
-        };
-        let came_back = std::mem::replace(&mut slot.missing, false);
-        let decision = match (&slot.data, &slot.failure) {
-            (_, Some(f)) if f.stamp == now && Instant::now() < f.retry_at => Decision::Keep,
-            (_, Some(_)) => Decision::Refresh(self.reason(slot, &now)),
-            (Some(d), None) if self.handler.data_stamp(d) == &now => Decision::Keep,
-            (Some(_), None) => Decision::Refresh(self.reason(slot, &now)),
-            (None, None) => Decision::Refresh(if came_back { "reappeared" } else { "cold" }),
-        };
-        (decision, Some(now))
-    }
-
     /// The earliest time a failed key may be retried, if any. Keys that are
-    /// missing or already refreshing have nothing to retry.
+    /// absent or already refreshing have nothing to retry.
     pub fn next_retry(&self) -> Option<Instant> {
         self.lock()
             .values()
-            .filter(|s| !s.missing && s.flight.is_none())
+            .filter(|s| s.absent.is_none() && s.flight.is_none())
             .filter_map(|s| s.failure.as_ref().map(|f| f.retry_at))
             .min()
     }
 
-    /// Whether every key has an answer: data, a failure, or missing.
+    /// Whether every key has an answer: data, a failure, or absent.
     pub fn ready(&self) -> bool {
         self.lock()
             .values()
-            .all(|s| s.data.is_some() || s.failure.is_some() || s.missing)
+            .all(|s| s.data.is_some() || s.failure.is_some() || s.absent.is_some())
     }
 
     /// Every key's state, sorted by key. Takes no stat: it shows what the
     /// cache knows, as of the last lookup or pass.
     pub fn statuses(&self) -> Vec<Status<H::Data>> {
         let slots = self.lock();
-        let mut v: Vec<Status<H::Data>> = slots
-            .iter()
-            .map(|(k, s)| Status {
-                key: k.clone(),
-                state: s.state(),
-                data: s.data.clone(),
-                error: s.failure.as_ref().map(|f| Arc::clone(&f.error)),
-                failures: s.failure.as_ref().map_or(0, |f| f.attempts),
-                last_failure: s.failure.as_ref().map(|f| f.at),
-            })
-            .collect();
+        let mut v: Vec<Status<H::Data>> = slots.iter().map(|(k, s)| status_of(k, s)).collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));
         v
     }
 
     pub fn status(&self, key: &str) -> Option<Status<H::Data>> {
-        self.statuses().into_iter().find(|s| s.key == key)
+        self.lock().get(key).map(|s| status_of(key, s))
     }
 
     /// Cancels in-flight refreshes (their processes are killed and reaped)
@@ -724,10 +729,32 @@ impl<H: Handler> Cache<H> {
     }
 }
 
-async fn wait<D>(rx: &mut FlightRx<D>) -> Outcome<D> {
-    match rx.wait_for(Option::is_some).await {
-        Ok(v) => v.clone().unwrap_or(Err(LookupError::Cancelled)),
-        Err(_) => Err(LookupError::Cancelled),
+fn slot_state<D, S>(s: &Slot<D, S>) -> State {
+    if s.flight.is_some() {
+        State::Probing
+    } else {
+        match &s.absent {
+            Some(Absent::Missing) => State::Missing,
+            Some(Absent::Inaccessible(_)) => State::Failed,
+            None if s.failure.is_some() => State::Failed,
+            None if s.data.is_some() => State::Fresh,
+            None => State::Pending,
+        }
+    }
+}
+
+fn status_of<D, S>(key: &str, s: &Slot<D, S>) -> Status<D> {
+    let error = match &s.absent {
+        Some(Absent::Inaccessible(why)) => Some(Arc::clone(why)),
+        _ => s.failure.as_ref().map(|f| Arc::clone(&f.error)),
+    };
+    Status {
+        key: key.to_owned(),
+        state: slot_state(s),
+        data: s.data.clone(),
+        error,
+        failures: s.failure.as_ref().map_or(0, |f| f.attempts),
+        last_failure: s.failure.as_ref().map(|f| f.at),
     }
 }
 

@@ -2,67 +2,124 @@
 //! written atomically (temporary file in the same directory, fsync, rename,
 //! fsync of the directory), so a crash leaves either the old file or the new
 //! one, never a torn one under the real name.
+//!
+//! Reading never blocks on what it finds: files are opened non-blocking and
+//! without following symlinks, and anything but a regular file (a FIFO, a
+//! socket, a device node, a link) is refused. Keys map to file names one to
+//! one: a key that is not a plain name is refused, never rewritten, so two
+//! keys can never share a file.
 
-use std::io::Write;
+use rustix::fs::{FileType, Mode, OFlags};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Prefix of temporary files; leftovers of a crash are swept at start.
 const TEMP_PREFIX: &str = ".tmp-";
 /// A cache file larger than this is not read (it cannot be ours).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// The longest key.
+pub const MAX_KEY_LEN: usize = 64;
+
+/// Whether `key` is a plain name: 1–64 ASCII letters, digits, `.`, `_`,
+/// `-`, not starting with `.`. Such names are safe as file names, URL
+/// segments and metric labels, and distinct names are distinct files.
+pub fn is_plain_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && !key.starts_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
 
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// The file-name suffix (`.json` for capabilities).
+    suffix: &'static str,
+}
+
+fn bad_key(key: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("'{key}' is not a plain name"),
+    )
 }
 
 impl Store {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Store { dir: dir.into() }
+        Store {
+            dir: dir.into(),
+            suffix: ".json",
+        }
+    }
+
+    /// Another store of the same kind in a subdirectory (e.g. histories).
+    pub fn subdir(&self, name: &str) -> Store {
+        Store {
+            dir: self.dir.join(name),
+            suffix: self.suffix,
+        }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The file of `key`. Keys are configured names; anything outside
-    /// `[A-Za-z0-9._-]` is replaced so a key can never leave the directory.
+    /// The file of `key` (only meaningful for a plain key).
     pub fn path(&self, key: &str) -> PathBuf {
-        let safe: String = key
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir
-            .join(format!("{}.json", safe.trim_start_matches('.')))
+        self.dir.join(format!("{key}{}", self.suffix))
     }
 
-    /// The file's bytes, `None` if there is none.
+    /// The file's bytes, `None` if there is none. A file that is not a
+    /// regular file, or is too large, is an error; nothing here can block
+    /// on a FIFO or follow a link out of the directory.
     pub fn read(&self, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        if !is_plain_key(key) {
+            return Err(bad_key(key));
+        }
         let path = self.path(key);
-        let f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let fd = match rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(std::io::Error::other("a symbolic link, not a regular file"));
+            }
+            // What open(2) says of a socket.
+            Err(rustix::io::Errno::NXIO) => {
+                return Err(std::io::Error::other("not a regular file (a socket?)"));
+            }
+            Err(e) => return Err(e.into()),
         };
-        let len = f.metadata()?.len();
+        let st = rustix::fs::fstat(&fd)?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(std::io::Error::other(format!(
+                "not a regular file ({kind:?})"
+            )));
+        }
+        let len = st.st_size as u64;
         if len > MAX_FILE_BYTES {
             return Err(std::io::Error::other(format!(
                 "{len} bytes, more than {MAX_FILE_BYTES}"
             )));
         }
         let mut buf = Vec::with_capacity(len as usize);
-        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES), &mut buf)?;
+        std::fs::File::from(fd)
+            .take(MAX_FILE_BYTES)
+            .read_to_end(&mut buf)?;
         Ok(Some(buf))
     }
 
     /// Replaces the file of `key` with `bytes`, atomically and durably.
     pub fn write(&self, key: &str, bytes: &[u8]) -> std::io::Result<()> {
+        if !is_plain_key(key) {
+            return Err(bad_key(key));
+        }
         std::fs::create_dir_all(&self.dir)?;
         let mut tmp = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
@@ -75,7 +132,9 @@ impl Store {
 
     /// Removes the file of `key` (absent is fine).
     pub fn remove(&self, key: &str) {
-        let _ = std::fs::remove_file(self.path(key));
+        if is_plain_key(key) {
+            let _ = std::fs::remove_file(self.path(key));
+        }
     }
 
     /// Removes temporary files a crash left behind; returns how many.
@@ -110,13 +169,16 @@ mod tests {
     }
 
     #[test]
-    fn keys_cannot_escape_the_directory() {
-        let s = Store::new("/var/cache/qcapsd");
-        assert_eq!(
-            s.path("../../etc/passwd"),
-            Path::new("/var/cache/qcapsd/_.._etc_passwd.json")
-        );
-        assert_eq!(s.path("a/b"), Path::new("/var/cache/qcapsd/a_b.json"));
+    fn keys_that_are_not_plain_names_are_refused_not_rewritten() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path());
+        for key in ["../../etc/passwd", "a/b", "a b", ".hidden", "", "é"] {
+            assert!(s.write(key, b"x").is_err(), "{key:?}");
+            assert!(s.read(key).is_err(), "{key:?}");
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        assert!(is_plain_key("qemu-system-x86_64") && is_plain_key("a_b.c"));
+        assert!(!is_plain_key(&"q".repeat(65)));
     }
 
     #[test]
@@ -127,5 +189,32 @@ mod tests {
         std::fs::write(d.path().join(".tmp-crashed"), b"{\"torn").unwrap();
         assert_eq!(s.sweep_temp_files(), 1);
         assert!(s.read("a").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_fifo_a_socket_and_a_link_are_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path());
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            s.path("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(s.path("sock")).unwrap();
+        std::fs::write(d.path().join("target"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.path().join("target"), s.path("link")).unwrap();
+        for key in ["fifo", "sock", "link"] {
+            let e = s.read(key).unwrap_err().to_string();
+            assert!(
+                e.contains("not a regular file") || e.contains("symbolic link"),
+                "{key}: {e}"
+            );
+        }
+        // The atomic write replaces whatever was there.
+        s.write("fifo", b"ok").unwrap();
+        assert_eq!(s.read("fifo").unwrap().as_deref(), Some(&b"ok"[..]));
     }
 }

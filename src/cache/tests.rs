@@ -2,7 +2,7 @@
 //! version number per key and whose refreshes are counted.
 
 use super::*;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 #[derive(Default)]
 struct Fake {
@@ -12,6 +12,11 @@ struct Fake {
     fail: AtomicBool,
     /// When set, refreshes wait for a permit here (to hold a flight open).
     gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Gates for refreshes of one source version only.
+    stamp_gates: Mutex<HashMap<u64, Arc<Semaphore>>>,
+    /// When set, encoding a file waits for a message (the refresh is then
+    /// between publishing its outcome and writing its file).
+    hold_save: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 impl Fake {
@@ -27,9 +32,16 @@ impl Handler for Fake {
     type Data = (u64, String);
     type Stamp = u64;
     type Error = String;
+    type FileError = String;
 
-    fn stamp(&self, key: &str) -> Option<u64> {
-        self.sources.lock().unwrap().get(key).copied().flatten()
+    fn stamp(&self, key: &str) -> Result<u64, Absent> {
+        self.sources
+            .lock()
+            .unwrap()
+            .get(key)
+            .copied()
+            .flatten()
+            .ok_or(Absent::Missing)
     }
     fn data_stamp<'a>(&self, d: &'a (u64, String)) -> &'a u64 {
         &d.0
@@ -44,6 +56,10 @@ impl Handler for Fake {
         _cancel: CancellationToken,
     ) -> Result<(u64, String), String> {
         self.refreshes.fetch_add(1, Ordering::SeqCst);
+        let stamp_gate = self.stamp_gates.lock().unwrap().get(&stamp).cloned();
+        if let Some(g) = stamp_gate {
+            let _ = g.acquire().await.map(|p| p.forget());
+        }
         let gate = self.gate.lock().unwrap().clone();
         if let Some(g) = gate {
             let _ = g.acquire().await.map(|p| p.forget());
@@ -59,24 +75,71 @@ impl Handler for Fake {
         Ok((v.parse().map_err(|_| "bad version")?, s.to_owned()))
     }
     fn save_file(&self, _key: &str, d: &(u64, String)) -> Result<Vec<u8>, String> {
+        if let Some(rx) = self.hold_save.lock().unwrap().take() {
+            let _ = rx.recv();
+        }
         Ok(format!("{} {}", d.0, d.1).into_bytes())
     }
 }
 
+/// Counts what the cache reports, by event and reason.
+#[derive(Default)]
+struct Counts(Mutex<HashMap<String, usize>>);
+
+impl Counts {
+    fn bump(&self, what: String) {
+        *self.0.lock().unwrap().entry(what).or_default() += 1;
+    }
+    fn get(&self, what: &str) -> usize {
+        self.0.lock().unwrap().get(what).copied().unwrap_or(0)
+    }
+}
+
+impl Observer<(u64, String)> for Counts {
+    fn hit(&self, _: &str, _: &(u64, String)) {
+        self.bump("hit".into());
+    }
+    fn miss(&self, _: &str, reason: &'static str) {
+        self.bump(format!("miss:{reason}"));
+        self.bump("miss".into());
+    }
+    fn invalidated(&self, _: &str, reason: &'static str) {
+        self.bump(format!("invalidated:{reason}"));
+    }
+    fn replaced(
+        &self,
+        _: &str,
+        _: Option<&(u64, String)>,
+        _: &(u64, String),
+        reason: &'static str,
+    ) {
+        self.bump(format!("replaced:{reason}"));
+    }
+}
+
 fn cache_in(dir: &std::path::Path, keys: &[&str]) -> (Arc<Cache<Fake>>, Arc<Fake>) {
+    let (c, fake, _) = observed_cache_in(dir, keys);
+    (c, fake)
+}
+
+fn observed_cache_in(
+    dir: &std::path::Path,
+    keys: &[&str],
+) -> (Arc<Cache<Fake>>, Arc<Fake>, Arc<Counts>) {
     let fake = Arc::new(Fake::default());
     for k in keys {
         fake.set(k, Some(1));
     }
+    let counts = Arc::new(Counts::default());
     let c = Cache::new(
         Arc::clone(&fake),
         Store::new(dir),
         2,
         Backoff::default(),
-        Arc::new(NoObserver),
+        Arc::clone(&counts) as Arc<dyn Observer<(u64, String)>>,
     );
     c.set_keys(&keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>());
-    (c, fake)
+    (c, fake, counts)
 }
 
 #[tokio::test]
@@ -109,7 +172,7 @@ async fn changed_source_is_refreshed_exactly_once_and_served_new() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_share_one_refresh() {
     let d = tempfile::tempdir().unwrap();
-    let (c, fake) = cache_in(d.path(), &["a"]);
+    let (c, fake, counts) = observed_cache_in(d.path(), &["a"]);
     c.lookup("a").await.unwrap();
     let gate = Arc::new(Semaphore::new(0));
     *fake.gate.lock().unwrap() = Some(Arc::clone(&gate));
@@ -120,11 +183,12 @@ async fn concurrent_lookups_share_one_refresh() {
             tokio::spawn(async move { c.lookup("a").await.map(|a| a.data.1.clone()) })
         })
         .collect();
-    // Let every lookup reach the flight, then release the one refresh.
-    while fake.count() < 2 {
+    // Every lookup has joined the flight (each reports one miss; the first
+    // lookup's was before the change), then the one refresh is released.
+    while counts.get("miss") < 201 {
         tokio::task::yield_now().await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(counts.get("miss:binary_changed"), 200);
     gate.add_permits(1000);
     for l in lookups {
         assert_eq!(l.await.unwrap().unwrap(), "a@2");
@@ -273,8 +337,8 @@ async fn forced_refresh_joins_a_running_one() {
     c.lookup("a").await.unwrap();
     let gate = Arc::new(Semaphore::new(0));
     *fake.gate.lock().unwrap() = Some(Arc::clone(&gate));
-    assert_eq!(c.force("a").unwrap(), State::Probing);
-    assert_eq!(c.force("a").unwrap(), State::Probing);
+    assert_eq!(c.force("a", Duration::ZERO).unwrap().state, State::Probing);
+    assert_eq!(c.force("a", Duration::ZERO).unwrap().state, State::Probing);
     // The data is still valid: lookups meanwhile are hits.
     assert!(c.lookup("a").await.unwrap().hit);
     gate.add_permits(10);
@@ -331,4 +395,144 @@ async fn a_failed_key_that_goes_missing_has_nothing_to_retry() {
     assert_eq!(c.status("a").unwrap().state, State::Missing);
     assert_eq!(c.next_retry(), None, "no wake-up for a missing binary");
     assert_eq!(fake.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_after_a_mid_refresh_change_never_gets_the_old_answer() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    c.lookup("a").await.unwrap();
+    // Version 2 is being probed (held), and a lookup waits on it.
+    let v2 = Arc::new(Semaphore::new(0));
+    let v3 = Arc::new(Semaphore::new(0));
+    fake.stamp_gates.lock().unwrap().insert(2, Arc::clone(&v2));
+    fake.stamp_gates.lock().unwrap().insert(3, Arc::clone(&v3));
+    fake.set("a", Some(2));
+    let before = tokio::spawn({
+        let c = Arc::clone(&c);
+        async move { c.lookup("a").await.map(|a| a.data.1.clone()) }
+    });
+    while fake.count() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // The binary is replaced again while that probe runs: a new lookup
+    // must not join it, and costs exactly one more refresh.
+    fake.set("a", Some(3));
+    let after = tokio::spawn({
+        let c = Arc::clone(&c);
+        async move { c.lookup("a").await.map(|a| a.data.1.clone()) }
+    });
+    while fake.count() < 3 {
+        tokio::task::yield_now().await;
+    }
+    // The newer refresh finishes first; the superseded one last.
+    v3.add_permits(1);
+    assert_eq!(after.await.unwrap().unwrap(), "a@3");
+    v2.add_permits(1);
+    assert_eq!(before.await.unwrap().unwrap(), "a@2", "its own question");
+    c.settle("a").await;
+    let now = c.lookup("a").await.unwrap();
+    assert!(now.hit);
+    assert_eq!(now.data.1, "a@3", "the superseded result is not kept");
+    assert_eq!(fake.count(), 3);
+    assert_eq!(c.store().read("a").unwrap().as_deref(), Some(&b"3 a@3"[..]));
+}
+
+/// The counters a change moves, whichever path sees it first.
+async fn counters_after(first_by_lookup: bool, prepare: impl Fn(&Fake)) -> Vec<(String, usize)> {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake, counts) = observed_cache_in(d.path(), &["a"]);
+    c.lookup("a").await.unwrap();
+    prepare(&fake);
+    c.revalidate_all().await;
+    fake.fail.store(false, Ordering::SeqCst);
+    fake.set("a", Some(9));
+    if first_by_lookup {
+        c.lookup("a").await.unwrap();
+        c.revalidate_all().await;
+    } else {
+        c.revalidate_all().await;
+    }
+    let mut v: Vec<(String, usize)> = counts
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("invalidated") || k.starts_with("replaced"))
+        .map(|(k, n)| (k.clone(), *n))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_moves_the_same_counters_whichever_path_sees_it_first() {
+    // Plain upgrade.
+    let plain = |_: &Fake| {};
+    assert_eq!(
+        counters_after(true, plain).await,
+        counters_after(false, plain).await
+    );
+    // Upgrade after an earlier failure is recorded.
+    let failed_before = |f: &Fake| {
+        f.fail.store(true, Ordering::SeqCst);
+        f.set("a", Some(2));
+    };
+    let by_lookup = counters_after(true, failed_before).await;
+    assert_eq!(by_lookup, counters_after(false, failed_before).await);
+    assert!(
+        by_lookup.contains(&("invalidated:binary_changed".into(), 2)),
+        "both changes are invalidations: {by_lookup:?}"
+    );
+    // A binary that goes away and comes back replaced.
+    let gone = |f: &Fake| f.set("a", None);
+    let back = counters_after(true, gone).await;
+    assert_eq!(back, counters_after(false, gone).await);
+    assert!(
+        back.contains(&("replaced:reappeared".into(), 1)),
+        "{back:?}"
+    );
+    assert!(
+        back.contains(&("invalidated:missing".into(), 1)),
+        "{back:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_get_the_answer_before_the_file_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    let (release, hold) = std::sync::mpsc::channel();
+    *fake.hold_save.lock().unwrap() = Some(hold);
+    assert_eq!(c.lookup("a").await.unwrap().data.1, "a@1");
+    assert!(
+        c.store().read("a").unwrap().is_none(),
+        "answered while the write is still held"
+    );
+    release.send(()).unwrap();
+    c.settle("a").await;
+    assert_eq!(c.store().read("a").unwrap().as_deref(), Some(&b"1 a@1"[..]));
+}
+
+#[tokio::test]
+async fn forced_refreshes_are_rate_limited_per_key() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a", "b"]);
+    c.revalidate_all().await;
+    let first = c.force("a", Duration::from_secs(60)).unwrap();
+    assert_eq!((first.state, first.retry_after), (State::Probing, None));
+    c.settle("a").await;
+    let second = c.force("a", Duration::from_secs(60)).unwrap();
+    assert_eq!(second.state, State::Fresh);
+    assert!(
+        second
+            .retry_after
+            .is_some_and(|r| r <= Duration::from_secs(60))
+    );
+    assert_eq!(
+        c.force("b", Duration::from_secs(60)).unwrap().retry_after,
+        None
+    );
+    c.settle("b").await;
+    assert_eq!(fake.count(), 4, "two at start, one forced each");
 }

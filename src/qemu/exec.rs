@@ -2,24 +2,42 @@
 //!
 //! QEMU runs paused (`-S`) with no user config, no default devices, no
 //! display and `-machine none`, with QMP on its stdio. The environment is
-//! empty except `PATH` and `LC_ALL=C`, the process leads its own process
-//! group, stderr is captured up to a cap, and the session has one deadline.
-//! Whatever the outcome (success, QMP error, timeout, cancellation, a
-//! dropped future) the whole group is killed and the leader reaped: no
-//! zombie, no orphan. QMP goes over pipes, so no temporary file exists.
+//! empty except `PATH`, `LC_ALL=C` and a tag naming the agent, the process
+//! leads its own process group, stderr is captured up to a cap, and the
+//! session has one deadline. Whatever the outcome (success, QMP error,
+//! timeout, cancellation, a dropped future) the whole group is killed and
+//! the leader reaped: no zombie, no orphan. QMP goes over pipes, so no
+//! temporary file exists.
+//!
+//! Nothing a probe starts outlives the agent:
+//! - QEMU gets `SIGKILL` when the agent dies, however it dies (the
+//!   parent-death signal, set in the child before exec). That signal fires
+//!   when the *thread* that forked exits, so every QEMU is forked by one
+//!   thread that lives as long as the process.
+//! - Helpers that leave QEMU's process group (a wrapper's child calling
+//!   `setsid()`) are re-parented to the agent when their parent dies, as the
+//!   agent is a child subreaper ([`become_subreaper`]); after each probe they
+//!   are killed and reaped ([`reap_orphans`]).
+//! - At start, processes an earlier instance left (found by their tag) are
+//!   killed ([`sweep_tagged`]).
 
 use super::qmp::{DEFAULT_MAX_MESSAGE, Qmp, QmpError};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
+
+/// The environment variable that tags every probe process (and whatever it
+/// starts, as they inherit it) with the agent it belongs to.
+pub const TAG_VAR: &str = "QCAPSD_PROBE";
 
 /// How much of QEMU's stderr is kept for error messages.
 pub const STDERR_CAP: usize = 32 << 10;
@@ -40,6 +58,7 @@ const EXIT_GRACE: Duration = Duration::from_millis(300);
     Default,
     serde::Serialize,
     serde::Deserialize,
+    schemars::JsonSchema,
     clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
@@ -90,6 +109,8 @@ pub struct ExecSpec {
     pub accel: Accel,
     pub timeout: Duration,
     pub max_message: usize,
+    /// Value of [`TAG_VAR`] in QEMU's environment.
+    pub tag: Option<String>,
 }
 
 impl ExecSpec {
@@ -99,6 +120,7 @@ impl ExecSpec {
             accel,
             timeout,
             max_message: DEFAULT_MAX_MESSAGE,
+            tag: None,
         }
     }
 }
@@ -191,7 +213,7 @@ pub async fn with_qemu<T>(
 ) -> Result<(T, ExecReport), ExecError> {
     check_executable(&spec.path)?;
     let started = Instant::now();
-    let mut proc = Running::spawn(spec)?;
+    let mut proc = Running::spawn(spec).await?;
     counter.bump();
     let Some(mut qmp) = proc.qmp.take() else {
         return Err(ExecError::Spawn {
@@ -209,6 +231,9 @@ pub async fn with_qemu<T>(
         proc.grace_for_exit(EXIT_GRACE).await;
     }
     let status = proc.kill_and_reap().await;
+    if SUBREAPER.load(Ordering::Relaxed) {
+        let _ = tokio::task::spawn_blocking(reap_orphans).await;
+    }
     let stderr = proc.stderr_text();
     let report = ExecReport {
         duration: started.elapsed(),
@@ -281,7 +306,7 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(spec: &ExecSpec) -> Result<Self, ExecError> {
+    async fn spawn(spec: &ExecSpec) -> Result<Self, ExecError> {
         let path_env = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
         // The one place qcapsd starts a process (clippy.toml forbids it
         // everywhere else).
@@ -300,13 +325,15 @@ impl Running {
         .env_clear()
         .env("PATH", path_env)
         .env("LC_ALL", "C")
+        .envs(spec.tag.iter().map(|t| (TAG_VAR, t)))
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        die_with_parent(&mut cmd);
+        let mut child = spawn_on_spawner(cmd).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ExecError::NotFound {
                 path: spec.path.clone(),
             },
@@ -375,6 +402,9 @@ impl Running {
             .await
             .ok()
             .and_then(Result::ok);
+        if let Some(pid) = self.pgid {
+            leaders().remove(&pid.as_raw_nonzero().get());
+        }
         self.pgid = None;
         // The pipe closes once every holder is dead; don't wait on it.
         let _ = tokio::time::timeout(Duration::from_millis(200), &mut self.stderr_task).await;
@@ -419,11 +449,213 @@ impl Drop for Running {
         if let (Some(mut child), Ok(rt)) =
             (self.child.take(), tokio::runtime::Handle::try_current())
         {
+            let pid = self.pgid.map(|p| p.as_raw_nonzero().get());
             rt.spawn(async move {
                 let _ = child.wait().await;
+                if let Some(pid) = pid {
+                    leaders().remove(&pid);
+                }
             });
         }
     }
+}
+
+// ---- processes that must not outlive the agent ---------------------------
+
+/// Sets the parent-death signal in the child: QEMU is killed when the
+/// thread that forked it (the spawner thread, which lives as long as the
+/// process) exits, that is when the agent dies, even by `SIGKILL`.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe operations are allowed. It makes two system calls
+    // (prctl and getppid) through rustix's direct syscall wrappers and, on
+    // failure, builds an io::Error from a raw errno: no allocation, no
+    // lock, nothing shared with the parent's threads.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            // The parent may have died before the signal was set.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::from_raw_os_error(
+                    rustix::io::Errno::SRCH.raw_os_error(),
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A spawn handed to the spawner thread.
+struct SpawnJob {
+    cmd: Command,
+    runtime: tokio::runtime::Handle,
+    reply: tokio::sync::oneshot::Sender<std::io::Result<Child>>,
+}
+
+/// The thread every QEMU is forked from. It never exits, so the
+/// parent-death signal fires only when the process does.
+fn spawner() -> Option<&'static std::sync::mpsc::Sender<SpawnJob>> {
+    static SPAWNER: OnceLock<Option<std::sync::mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+            let started = std::thread::Builder::new()
+                .name("qcapsd-spawner".into())
+                .spawn(move || {
+                    for mut job in rx {
+                        // tokio registers the child with the runtime that
+                        // will reap it.
+                        let _in_runtime = job.runtime.enter();
+                        let mut live = leaders();
+                        let result = job.cmd.spawn();
+                        if let Ok(c) = &result {
+                            live.extend(c.id().and_then(|id| i32::try_from(id).ok()));
+                        }
+                        drop(live);
+                        let _ = job.reply.send(result);
+                    }
+                });
+            match started {
+                Ok(_) => Some(tx),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the spawner thread; QEMU is forked from runtime threads");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+async fn spawn_on_spawner(mut cmd: Command) -> std::io::Result<Child> {
+    let Some(spawner) = spawner() else {
+        let mut live = leaders();
+        let child = cmd.spawn()?;
+        live.extend(child.id().and_then(|id| i32::try_from(id).ok()));
+        return Ok(child);
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    spawner
+        .send(SpawnJob {
+            cmd,
+            runtime: tokio::runtime::Handle::current(),
+            reply,
+        })
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    answer
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
+}
+
+/// Pids of the QEMU processes the sandbox started and has not reaped yet.
+/// Held while forking, so an orphan sweep never takes a new QEMU for an
+/// orphan.
+fn leaders() -> MutexGuard<'static, HashSet<i32>> {
+    static LEADERS: OnceLock<Mutex<HashSet<i32>>> = OnceLock::new();
+    LEADERS
+        .get_or_init(|| Mutex::new(HashSet::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Set once the process is a subreaper (then orphans are ours to reap).
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+
+/// Makes this process the reaper of its orphaned descendants, so a helper
+/// that leaves QEMU's process group is re-parented here when its parent
+/// dies, and is killed after its probe. For the `qcapsd` binary only: a
+/// library user (a test process) has children of its own that are not
+/// probes.
+pub fn become_subreaper() -> std::io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+    SUBREAPER.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Children of this process that are not a live QEMU leader: helpers a
+/// probe left behind, re-parented here (as subreaper) when their parent
+/// was killed.
+fn orphans() -> Vec<Pid> {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let live = leaders();
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| !live.contains(pid))
+        .filter(|&pid| parent_of(pid) == Some(me))
+        .filter_map(Pid::from_raw)
+        .collect()
+}
+
+/// The parent pid in `/proc/PID/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces and parentheses):
+    // state, then ppid.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Kills and reaps every orphan re-parented to this process, again until
+/// none is left (killing one re-parents its own children here). Their pids
+/// cannot be reused meanwhile: only their parent, this process, can reap
+/// them. Blocking; returns how many were killed.
+pub fn reap_orphans() -> usize {
+    let mut killed = 0;
+    for _ in 0..64 {
+        let found = orphans();
+        if found.is_empty() {
+            break;
+        }
+        for pid in found {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            killed += 1;
+        }
+    }
+    if killed > 0 {
+        tracing::warn!(processes = killed, "killed processes a probe left behind");
+    }
+    killed
+}
+
+/// Kills every process whose environment carries `TAG_VAR=tag`: what an
+/// earlier instance of this agent (same cache directory) left running if
+/// it died without cleaning up. Call before the first probe. Returns how
+/// many were killed.
+pub fn sweep_tagged(tag: &str) -> usize {
+    let needle = format!("{TAG_VAR}={tag}");
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for pid in rd
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+    {
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+            if let Some(p) = Pid::from_raw(pid) {
+                if rustix::process::kill_process(p, Signal::KILL).is_ok() {
+                    killed += 1;
+                }
+            }
+        }
+    }
+    if killed > 0 {
+        tracing::warn!(
+            processes = killed,
+            "killed probe processes an earlier instance left running"
+        );
+    }
+    killed
 }
 
 /// Whether `pid` has exited, checked without reaping it (so its pid, and

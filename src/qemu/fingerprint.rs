@@ -1,22 +1,24 @@
 //! What makes a cached probe still valid: the fingerprint of DESIGN.md
-//! §Validity, taken from the host (never from QEMU's answer) and checked
-//! with a few `stat`s, no exec.
+//! §Validity, as complete as libvirt's `virQEMUCapsIsValid`, taken from the
+//! host (never from QEMU's answer) and checked with a few `stat`s, no exec.
 //!
 //! Host facts are read below a root directory (`/` in production, a fixture
 //! tree in tests, as node_exporter's `--path.procfs`). The slow-to-read,
-//! rarely-changing part (kernel release, CPU signature, microcode) is kept
-//! as a [`HostContext`] snapshot that the revalidator refreshes; a lookup
-//! only stats the binary and module directories and checks `/dev/kvm`.
+//! rarely-changing part ([`HostContext`]: kernel, CPU signature, microcode,
+//! CPUID feature leaves, KVM's `nested` switch, the secure-guest switches)
+//! is a snapshot the revalidator refreshes on each pass; a lookup only
+//! stats the binary and the module directories and checks `/dev/kvm`.
 
 use super::caps::SCHEMA_VERSION;
 use super::exec::Accel;
+use crate::digest::Fnv64;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Identity of a file as `stat` reports it (nanosecond times). ctime is
 /// included because package managers can set mtime backwards.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileStamp {
     pub dev: u64,
@@ -45,25 +47,54 @@ impl FileStamp {
     }
 }
 
+/// The switches that make secure guests (AMD SEV, Intel TDX, IBM Secure
+/// Execution) available to KVM; each is `None` where the file is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecureGuest {
+    /// `/sys/module/kvm_amd/parameters/sev`
+    pub sev: Option<String>,
+    /// `/sys/module/kvm_amd/parameters/sev_es`
+    pub sev_es: Option<String>,
+    /// `/sys/module/kvm_amd/parameters/sev_snp`
+    pub sev_snp: Option<String>,
+    /// `/sys/module/kvm_intel/parameters/tdx`
+    pub tdx: Option<String>,
+    /// Whether `/dev/sev` exists.
+    pub dev_sev: bool,
+    /// `/sys/firmware/uv/prot_virt_host` (s390x)
+    pub prot_virt: Option<String>,
+}
+
 /// Host facts that matter to accelerated probes: CPU usability under KVM
-/// depends on the kernel, the CPU and its microcode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// depends on the kernel, the CPU, its microcode and KVM's switches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostContext {
+    /// `/proc/sys/kernel/osrelease`
     pub kernel_release: String,
-    /// `vendor/family/model/stepping` of the first CPU.
+    /// `vendor/family/model/stepping` of the first CPU in `/proc/cpuinfo`.
     pub cpu_signature: String,
+    /// `microcode` of the first CPU in `/proc/cpuinfo`.
     pub microcode: Option<String>,
+    /// A hash of the CPUID feature leaves (`/dev/cpu/0/cpuid` under the
+    /// root if readable, else the CPUID instruction; `None` off x86).
+    pub cpuid: Option<String>,
+    /// KVM's `nested` parameter (`kvm_intel` or `kvm_amd`).
+    pub kvm_nested: Option<String>,
+    pub secure_guest: SecureGuest,
 }
 
 /// Everything an entry's validity depends on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fingerprint {
     pub schema_version: u32,
     pub binary: FileStamp,
     /// mtime (ns) of each QEMU module directory, `None` where it is absent.
     pub module_dirs: Vec<(PathBuf, Option<i128>)>,
+    /// Whether the user the agent (and so every probe) runs as may open
+    /// `/dev/kvm` read-write.
     pub kvm_usable: bool,
     pub accel: Accel,
     /// Recorded only when the probe could use KVM. Shared with the
@@ -75,22 +106,79 @@ impl Fingerprint {
     /// Which part differs, as a bounded reason label.
     pub fn why_changed(old: &Fingerprint, new: &Fingerprint) -> &'static str {
         if old.schema_version != new.schema_version {
-            "schema_changed"
-        } else if old.binary != new.binary {
-            "binary_changed"
-        } else if old.module_dirs != new.module_dirs {
-            "modules_changed"
-        } else if old.kvm_usable != new.kvm_usable {
-            "kvm_changed"
-        } else if old.host != new.host {
-            "host_changed"
-        } else if old.accel != new.accel {
-            "config_changed"
-        } else {
-            "unchanged"
+            return "schema_changed";
+        }
+        if old.binary != new.binary {
+            return "binary_changed";
+        }
+        if old.module_dirs != new.module_dirs {
+            return "modules_changed";
+        }
+        if old.kvm_usable != new.kvm_usable {
+            return "kvm_changed";
+        }
+        if old.accel != new.accel {
+            return "config_changed";
+        }
+        match (&old.host, &new.host) {
+            (Some(a), Some(b)) if a != b => HostContext::why_changed(a, b),
+            (a, b) if a != b => "host_changed",
+            _ => "unchanged",
         }
     }
 }
+
+impl HostContext {
+    /// Which host fact differs, as a bounded reason label.
+    pub fn why_changed(old: &HostContext, new: &HostContext) -> &'static str {
+        if old.cpuid != new.cpuid {
+            "cpuid_changed"
+        } else if old.kvm_nested != new.kvm_nested {
+            "kvm_nested_changed"
+        } else if old.secure_guest != new.secure_guest {
+            "secure_guest_changed"
+        } else {
+            // Kernel release, CPU signature or microcode.
+            "host_changed"
+        }
+    }
+}
+
+/// Every invalidation reason a fingerprint can give (for docs and tests).
+pub const CHANGE_REASONS: &[&str] = &[
+    "schema_changed",
+    "binary_changed",
+    "modules_changed",
+    "kvm_changed",
+    "config_changed",
+    "cpuid_changed",
+    "kvm_nested_changed",
+    "secure_guest_changed",
+    "host_changed",
+];
+
+/// The CPUID leaves (leaf, subleaf) whose feature bits decide which CPU
+/// models KVM can run: vendor and basic features, structured extended
+/// features, XSAVE, extended features, SVM and SEV. Fields that differ
+/// from core to core (APIC ids in leaf 1 EBX) are left out.
+const FEATURE_LEAVES: &[(u32, u32)] = &[
+    (0x0, 0),
+    (0x1, 0),
+    (0x7, 0),
+    (0x7, 1),
+    (0x7, 2),
+    (0xd, 0),
+    (0xd, 1),
+    (0x14, 0),
+    (0x19, 0),
+    (0x8000_0000, 0),
+    (0x8000_0001, 0),
+    (0x8000_0007, 0),
+    (0x8000_0008, 0),
+    (0x8000_000a, 0),
+    (0x8000_001f, 0),
+    (0x8000_0021, 0),
+];
 
 /// Reads host facts below a root directory.
 #[derive(Debug, Clone)]
@@ -103,32 +191,70 @@ impl Host {
         Host { root: root.into() }
     }
 
-    fn path(&self, abs: &str) -> PathBuf {
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `abs` below the root.
+    pub fn path(&self, abs: &str) -> PathBuf {
         self.root.join(abs.trim_start_matches('/'))
     }
 
-    /// Whether `/dev/kvm` exists and this process may open it read-write.
+    /// Whether `/dev/kvm` exists and this process's effective user and
+    /// groups may open it read-write (the probes run as this process).
     pub fn kvm_usable(&self) -> bool {
-        use rustix::fs::{Access, access};
-        access(self.path("/dev/kvm"), Access::READ_OK | Access::WRITE_OK).is_ok()
+        use rustix::fs::{Access, AtFlags, CWD, accessat};
+        accessat(
+            CWD,
+            self.path("/dev/kvm"),
+            Access::READ_OK | Access::WRITE_OK,
+            AtFlags::EACCESS,
+        )
+        .is_ok()
     }
 
-    /// Kernel release, CPU signature and microcode (reads two files).
-    pub fn context(&self) -> HostContext {
-        let kernel_release = std::fs::read_to_string(self.path("/proc/sys/kernel/osrelease"))
+    fn read_trimmed(&self, abs: &str) -> Option<String> {
+        std::fs::read_to_string(self.path(abs))
+            .ok()
             .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
+    }
+
+    /// Kernel release, CPU signature and microcode, CPUID, KVM's nested
+    /// and secure-guest switches (a dozen small reads).
+    pub fn context(&self) -> HostContext {
         let cpuinfo = std::fs::read_to_string(self.path("/proc/cpuinfo")).unwrap_or_default();
         let (cpu_signature, microcode) = parse_cpuinfo(&cpuinfo);
+        let kvm_nested = self
+            .read_trimmed("/sys/module/kvm_intel/parameters/nested")
+            .or_else(|| self.read_trimmed("/sys/module/kvm_amd/parameters/nested"));
         HostContext {
-            kernel_release,
+            kernel_release: self
+                .read_trimmed("/proc/sys/kernel/osrelease")
+                .unwrap_or_default(),
             cpu_signature,
             microcode,
+            cpuid: self.cpuid_hash(),
+            kvm_nested,
+            secure_guest: SecureGuest {
+                sev: self.read_trimmed("/sys/module/kvm_amd/parameters/sev"),
+                sev_es: self.read_trimmed("/sys/module/kvm_amd/parameters/sev_es"),
+                sev_snp: self.read_trimmed("/sys/module/kvm_amd/parameters/sev_snp"),
+                tdx: self.read_trimmed("/sys/module/kvm_intel/parameters/tdx"),
+                dev_sev: self.path("/dev/sev").exists(),
+                prot_virt: self.read_trimmed("/sys/firmware/uv/prot_virt_host"),
+            },
         }
     }
 
+    /// A hash of the feature leaves, from the kernel's cpuid device under
+    /// the root when it can be read, else from the CPUID instruction.
+    fn cpuid_hash(&self) -> Option<String> {
+        let leaves = read_cpuid_device(&self.path("/dev/cpu/0/cpuid")).or_else(native_cpuid)?;
+        Some(hash_leaves(&leaves))
+    }
+
     /// The fingerprint of `binary` now. `host` is the current snapshot of
-    /// [`Host::context`]. Errors when the binary cannot be stat'ed (missing).
+    /// [`Host::context`]. Errors when the binary cannot be stat'ed.
     pub fn fingerprint(
         &self,
         binary: &Path,
@@ -152,6 +278,63 @@ impl Host {
             host: accelerated.then(|| Arc::clone(host)),
         })
     }
+}
+
+/// One CPUID leaf's registers.
+type Leaf = [u32; 4];
+
+/// The feature leaves through the kernel's cpuid device (`pread` of 16
+/// bytes at offset `leaf | subleaf << 32`), if it can be opened.
+fn read_cpuid_device(path: &Path) -> Option<Vec<Leaf>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    FEATURE_LEAVES
+        .iter()
+        .map(|&(leaf, sub)| {
+            let mut buf = [0u8; 16];
+            f.read_exact_at(&mut buf, u64::from(leaf) | (u64::from(sub) << 32))
+                .ok()?;
+            let reg = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+            Some([reg(0), reg(4), reg(8), reg(12)])
+        })
+        .collect()
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+fn native_cpuid() -> Option<Vec<Leaf>> {
+    use raw_cpuid::{CpuIdReader, CpuIdReaderNative};
+    let r = CpuIdReaderNative;
+    Some(
+        FEATURE_LEAVES
+            .iter()
+            .map(|&(leaf, sub)| {
+                let c = r.cpuid2(leaf, sub);
+                [c.eax, c.ebx, c.ecx, c.edx]
+            })
+            .collect(),
+    )
+}
+
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+fn native_cpuid() -> Option<Vec<Leaf>> {
+    None
+}
+
+/// The hash of the feature leaves, with per-core fields masked.
+fn hash_leaves(leaves: &[Leaf]) -> String {
+    let mut h = Fnv64::default();
+    for (&(leaf, sub), regs) in FEATURE_LEAVES.iter().zip(leaves) {
+        let mut regs = *regs;
+        if leaf == 1 {
+            // EBX: APIC id, logical processor count, CLFLUSH size.
+            regs[1] = 0;
+        }
+        h.update(&leaf.to_le_bytes()).update(&sub.to_le_bytes());
+        for r in regs {
+            h.update(&r.to_le_bytes());
+        }
+    }
+    format!("fnv1a64:{:016x}", h.finish())
 }
 
 /// The first processor block's signature and microcode from `/proc/cpuinfo`
@@ -188,6 +371,44 @@ mod tests {
     const X86: &str = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n\
                        model name\t: AMD EPYC\nstepping\t: 1\nmicrocode\t: 0x1000065\n\n\
                        processor\t: 1\nvendor_id\t: AuthenticAMD\nmicrocode\t: 0x1000066\n";
+
+    /// A fixture host root with the files a fingerprint reads.
+    fn fixture() -> (tempfile::TempDir, Host) {
+        let root = tempfile::tempdir().unwrap();
+        let w = |rel: &str, text: &str| {
+            let p = root.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        w("proc/sys/kernel/osrelease", "6.1.0-test\n");
+        w("proc/cpuinfo", X86);
+        w("sys/module/kvm_amd/parameters/nested", "1\n");
+        w("sys/module/kvm_amd/parameters/sev", "N\n");
+        w("dev/kvm", "");
+        write_cpuid_fixture(&root.path().join("dev/cpu/0/cpuid"), 0x1234);
+        let host = Host::new(root.path());
+        (root, host)
+    }
+
+    /// A sparse file laid out like the kernel's cpuid device, with `seed`
+    /// in leaf 7's EBX (the structured extended features).
+    fn write_cpuid_fixture(path: &Path, seed: u32) {
+        use std::os::unix::fs::FileExt;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let f = std::fs::File::create(path).unwrap();
+        for &(leaf, sub) in FEATURE_LEAVES {
+            let ebx = if leaf == 7 && sub == 0 { seed } else { leaf };
+            let mut buf = [0u8; 16];
+            buf[4..8].copy_from_slice(&ebx.to_le_bytes());
+            f.write_all_at(&buf, u64::from(leaf) | (u64::from(sub) << 32))
+                .unwrap();
+        }
+    }
+
+    fn fingerprint(host: &Host, bin: &Path) -> Fingerprint {
+        let ctx = Arc::new(host.context());
+        host.fingerprint(bin, &[], Accel::Auto, &ctx).unwrap()
+    }
 
     #[test]
     fn x86_signature_and_microcode_of_the_first_cpu() {
@@ -234,22 +455,82 @@ mod tests {
 
     #[test]
     fn host_facts_come_from_the_root() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("proc/sys/kernel")).unwrap();
-        std::fs::create_dir_all(root.path().join("dev")).unwrap();
-        std::fs::write(
-            root.path().join("proc/sys/kernel/osrelease"),
-            "6.1.0-test\n",
-        )
-        .unwrap();
-        std::fs::write(root.path().join("proc/cpuinfo"), X86).unwrap();
-        let host = Host::new(root.path());
-        assert!(!host.kvm_usable(), "no /dev/kvm in the fixture");
-        std::fs::write(root.path().join("dev/kvm"), "").unwrap();
-        assert!(host.kvm_usable());
+        let (_root, host) = fixture();
         let ctx = host.context();
         assert_eq!(ctx.kernel_release, "6.1.0-test");
         assert_eq!(ctx.microcode.as_deref(), Some("0x1000065"));
+        assert_eq!(ctx.kvm_nested.as_deref(), Some("1"));
+        assert_eq!(ctx.secure_guest.sev.as_deref(), Some("N"));
+        assert!(!ctx.secure_guest.dev_sev);
+        assert!(
+            ctx.cpuid
+                .as_deref()
+                .is_some_and(|c| c.starts_with("fnv1a64:"))
+        );
+        assert!(host.kvm_usable());
+    }
+
+    #[test]
+    fn each_host_fact_has_its_own_reason() {
+        let (root, host) = fixture();
+        let bin = root.path().join("qemu");
+        std::fs::write(&bin, "x").unwrap();
+        let before = fingerprint(&host, &bin);
+        type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+        let changes: [Change; 5] = [
+            (
+                "cpuid_changed",
+                Box::new(|| write_cpuid_fixture(&root.path().join("dev/cpu/0/cpuid"), 0x5678)),
+            ),
+            (
+                "kvm_nested_changed",
+                Box::new(|| {
+                    std::fs::write(
+                        root.path().join("sys/module/kvm_amd/parameters/nested"),
+                        "0\n",
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                "secure_guest_changed",
+                Box::new(|| std::fs::write(root.path().join("dev/sev"), "").unwrap()),
+            ),
+            (
+                "host_changed",
+                Box::new(|| {
+                    std::fs::write(
+                        root.path().join("proc/cpuinfo"),
+                        X86.replace("0x1000065", "0x1000099"),
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                "kvm_changed",
+                Box::new(|| std::fs::remove_file(root.path().join("dev/kvm")).unwrap()),
+            ),
+        ];
+        let mut last = before;
+        for (reason, change) in changes {
+            change();
+            let now = fingerprint(&host, &bin);
+            assert_eq!(Fingerprint::why_changed(&last, &now), reason);
+            last = now;
+        }
+    }
+
+    #[test]
+    fn kvm_usable_follows_the_effective_user_s_access() {
+        let (root, host) = fixture();
+        use std::os::unix::fs::PermissionsExt;
+        let kvm = root.path().join("dev/kvm");
+        std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Root may open anything; another user may not open a 0600 file it
+        // does not own. Either way the answer is what access(2) says for
+        // the effective ids.
+        let expected = rustix::process::geteuid().is_root();
+        assert_eq!(host.kvm_usable(), expected);
     }
 
     #[test]
@@ -258,11 +539,7 @@ mod tests {
         let bin = root.path().join("qemu");
         std::fs::write(&bin, "x").unwrap();
         let host = Host::new(root.path());
-        let ctx = Arc::new(HostContext {
-            kernel_release: "k".into(),
-            cpu_signature: "s".into(),
-            microcode: None,
-        });
+        let ctx = Arc::new(host.context());
         let no_kvm = host.fingerprint(&bin, &[], Accel::Auto, &ctx).unwrap();
         assert!(!no_kvm.kvm_usable && no_kvm.host.is_none());
         std::fs::create_dir_all(root.path().join("dev")).unwrap();
@@ -283,13 +560,13 @@ mod tests {
         let bin = d.path().join("qemu");
         std::fs::write(&bin, "v1").unwrap();
         let host = Host::new(d.path());
-        let ctx = Arc::new(host.context());
-        let a = host.fingerprint(&bin, &[], Accel::Auto, &ctx).unwrap();
+        let a = fingerprint(&host, &bin);
         let new = d.path().join("qemu.new");
         std::fs::write(&new, "v2").unwrap();
         std::fs::rename(&new, &bin).unwrap();
-        let b = host.fingerprint(&bin, &[], Accel::Auto, &ctx).unwrap();
+        let b = fingerprint(&host, &bin);
         assert_eq!(Fingerprint::why_changed(&a, &b), "binary_changed");
+        let ctx = Arc::new(host.context());
         assert!(
             host.fingerprint(&d.path().join("gone"), &[], Accel::Auto, &ctx)
                 .is_err()

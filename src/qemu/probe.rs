@@ -59,6 +59,8 @@ pub struct ProbeRequest {
     pub timeout: Duration,
     /// Devices whose properties are read (those the emulator has).
     pub devices: Vec<String>,
+    /// Tag in QEMU's environment naming the agent (see `exec::TAG_VAR`).
+    pub tag: Option<String>,
 }
 
 impl ProbeRequest {
@@ -68,6 +70,7 @@ impl ProbeRequest {
             accel: Accel::Auto,
             timeout: Duration::from_secs(30),
             devices: DEFAULT_DEVICES.iter().map(|s| (*s).to_owned()).collect(),
+            tag: None,
         }
     }
 }
@@ -117,7 +120,10 @@ pub async fn probe(
     cancel: &CancellationToken,
 ) -> Result<(Capabilities, ExecReport), ProbeError> {
     let started_at = SystemTime::now();
-    let spec = ExecSpec::new(path, req.accel, req.timeout);
+    let spec = ExecSpec {
+        tag: req.tag.clone(),
+        ..ExecSpec::new(path, req.accel, req.timeout)
+    };
     let (raw, report) = with_qemu(&spec, counter, cancel, async |qmp| {
         let mut raw = Raw {
             greeting: qmp.handshake().await?,

@@ -127,8 +127,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Qmp<R, W> {
             bytes.push(b'\n');
             ids.push(id);
         }
-        self.writer.write_all(&bytes).await?;
-        self.writer.flush().await?;
+        // A monitor that is gone may show up as a broken pipe when writing
+        // or as the end of the stream when reading: the same error either
+        // way, naming the first command that got no reply.
+        let gone = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => QmpError::Eof {
+                during: commands.first().map(|c| c.0).unwrap_or("").to_owned(),
+            },
+            _ => QmpError::Io(e),
+        };
+        self.writer.write_all(&bytes).await.map_err(gone)?;
+        self.writer.flush().await.map_err(gone)?;
         let mut out = Vec::with_capacity(commands.len());
         for ((command, _), id) in commands.iter().zip(&ids) {
             out.push(self.read_reply(command, id).await?);

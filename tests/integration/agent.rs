@@ -447,7 +447,12 @@ fn sigterm_during_a_probe_kills_the_emulator_and_cleans_up() {
     }
     assert!(!socket.exists(), "the unix socket is removed on exit");
     let leftovers: Vec<_> = std::fs::read_dir(d.path().join("cache"))
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .filter(|n| n != ".lock")
+                .collect()
+        })
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "no temporary file: {leftovers:?}");
 }

@@ -104,7 +104,7 @@ fn every_route_answers() {
             .any(|c| c == "query-kvm")
     );
     let host = a.get("/v1/host").json();
-    assert!(host["kvm"]["usable"].is_boolean() && host["cpus"].as_u64().unwrap() >= 1);
+    assert!(host["kvm"]["usable"].is_boolean() && host["system"]["cpus"].as_u64().unwrap() >= 1);
     assert_eq!(a.get("/healthz").json()["status"], "ok");
     assert_eq!(a.get("/readyz").json()["status"], "ready");
     let m = a.get("/metrics");

@@ -143,7 +143,8 @@ fn counters_move_exactly_with_queries_and_probes() {
     );
     assert_eq!(
         metric(&m, "qcapsd_cache_hits_total{emulator=\"broken\"}"),
-        None
+        Some(0.0),
+        "created at zero, never hit"
     );
     assert_eq!(
         v("qcapsd_cache_hit_ratio"),

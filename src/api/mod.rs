@@ -7,8 +7,9 @@
 //! - `GET /v1/emulators/{name}` — the capabilities document with cache metadata
 //! - `GET /v1/emulators/{name}/machines`, `/cpu-models`, `/devices`,
 //!   `/devices/{device}`, `/commands` — one part of it
-//! - `POST /v1/emulators/{name}/revalidate` — forces one re-probe (202)
-//! - `GET /v1/host` — host context: kernel, CPU, KVM
+//! - `POST /v1/emulators/{name}/revalidate` — forces one re-probe (202),
+//!   at most one per `forced_probe_interval` (else 429 with Retry-After)
+//! - `GET /v1/host` — the host facts the fingerprint uses, and the machine
 //! - `GET /healthz`, `GET /readyz` — liveness, readiness
 //! - `GET /metrics` — Prometheus text format
 //!
@@ -16,12 +17,17 @@
 //! content-hash `ETag` (`If-None-Match` → 304) and `Cache-Control: no-cache`.
 //! Errors are `{"error": "...", "status": N}`. A name in a request is only
 //! ever a key into the configured emulator table: nothing a request says is
-//! opened as a path or executed.
+//! opened as a path or executed. [`serve`] holds the connection loop and
+//! its limits.
+
+pub mod serve;
 
 use crate::agent::Agent;
-use crate::cache::{Answer, Lookup, LookupError, State as CacheState};
+use crate::cache::{Answer, Lookup, LookupError};
 use crate::config::HttpLimits;
-use crate::emulators::{Entry, Part, Rendered};
+use crate::emulators::Entry;
+use crate::model::{ErrorBody, Health, Revalidating};
+use crate::render::{Part, Rendered};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -30,57 +36,43 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use http_body_util::BodyExt;
 use serde::Serialize;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+
+pub use serve::{BindError, Listener, bind_unix, serve};
 
 /// What a route handler needs.
 #[derive(Clone)]
 pub struct Ctx {
     pub agent: Arc<Agent>,
-    /// Host facts that never change while the agent runs (sysinfo).
-    pub static_host: Arc<StaticHost>,
     /// How long a request may wait on a probe (`http.request_timeout`).
     /// Answers from memory take no timer at all.
     pub request_timeout: Duration,
+    /// At most one forced probe of an emulator per this interval.
+    pub forced_probe_interval: Duration,
+    /// Request bodies: at most this many bytes, arriving within
+    /// `body_timeout`.
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
 }
 
-/// CPU brand and count, memory and host name, read once at start.
-#[derive(Debug, Clone, Serialize)]
-pub struct StaticHost {
-    pub hostname: Option<String>,
-    pub cpu_brand: Option<String>,
-    pub cpus: usize,
-    pub memory_bytes: u64,
-}
-
-impl StaticHost {
-    pub fn read() -> StaticHost {
-        use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
-        let sys = System::new_with_specifics(
-            RefreshKind::nothing()
-                .with_cpu(CpuRefreshKind::nothing())
-                .with_memory(MemoryRefreshKind::nothing().with_ram()),
-        );
-        StaticHost {
-            hostname: System::host_name(),
-            cpu_brand: sys
-                .cpus()
-                .first()
-                .map(|c| c.brand().trim().to_owned())
-                .filter(|b| !b.is_empty()),
-            cpus: sys.cpus().len(),
-            memory_bytes: sys.total_memory(),
+impl Ctx {
+    pub fn new(agent: Arc<Agent>) -> Ctx {
+        let cfg = agent.config();
+        Ctx {
+            request_timeout: *cfg.http.request_timeout,
+            forced_probe_interval: *cfg.forced_probe_interval,
+            max_body_bytes: cfg.http.max_body_bytes.get() as usize,
+            body_timeout: *cfg.http.header_read_timeout,
+            agent,
         }
     }
 }
 
 /// The full query API.
-pub fn router(ctx: Ctx, limits: &HttpLimits) -> Router {
+pub fn router(ctx: Ctx, _limits: &HttpLimits) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/v1/emulators", get(list))
@@ -100,9 +92,7 @@ pub fn router(ctx: Ctx, limits: &HttpLimits) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            limits.max_body_bytes,
-        ))
+        .layer(middleware::from_fn_with_state(ctx.clone(), limit_body))
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
         .with_state(ctx)
 }
@@ -115,6 +105,7 @@ pub fn metrics_router(ctx: Ctx) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(ctx.clone(), limit_body))
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
         .with_state(ctx)
 }
@@ -136,44 +127,103 @@ async fn observe(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     resp
 }
 
-// ---- response builders -------------------------------------------------
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    status: u16,
+/// Reads a request body, if there is one, before any handler: at most
+/// `max_body_bytes` whether sent with a length or chunked (413), and
+/// within `body_timeout` (408). No route takes a body, but reading it here
+/// means the limit holds for every request.
+async fn limit_body(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    if http_body::Body::is_end_stream(req.body()) {
+        return next.run(req).await;
+    }
+    let max = ctx.max_body_bytes;
+    let too_large = || {
+        closing(json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body over {max} bytes"),
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let read = http_body_util::Limited::new(body, max).collect();
+    match tokio::time::timeout(ctx.body_timeout, read).await {
+        Ok(Ok(collected)) => {
+            next.run(Request::from_parts(parts, Body::from(collected.to_bytes())))
+                .await
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => too_large(),
+        Ok(Err(e)) => closing(json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("bad request body: {e}"),
+        )),
+        Err(_) => closing(json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        )),
+    }
 }
+
+/// Marks a response as the connection's last (its request body was not
+/// read to the end, so the connection cannot carry another request).
+fn closing(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+// ---- response builders -------------------------------------------------
 
 /// `{"error": ..., "status": N}`.
 pub fn json_error(status: StatusCode, msg: &str) -> Response {
-    let body = serde_json::to_vec(&ErrorBody {
-        error: msg,
-        status: status.as_u16(),
-    })
-    .unwrap_or_default();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    error_with_state(status, msg, None)
+}
+
+fn error_with_state(status: StatusCode, msg: &str, state: Option<crate::cache::State>) -> Response {
+    json_value(
+        status,
+        &ErrorBody {
+            error: msg.to_owned(),
+            status: status.as_u16(),
+            state,
+        },
+    )
 }
 
 fn json_value(status: StatusCode, v: &impl Serialize) -> Response {
     match serde_json::to_vec(v) {
         Ok(b) => (status, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{{\"error\":\"cannot encode the answer: {e}\",\"status\":500}}"),
+        )
+            .into_response(),
     }
 }
 
-/// A pre-rendered part: 304 when the client has it, else the bytes.
-fn part_response(part: &Part, headers: &HeaderMap, answer_kind: &'static str) -> Response {
-    let matches = headers
+/// Whether `If-None-Match` names `etag` (or `*`).
+pub fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| {
             let t = t.trim();
-            t == "*" || t.trim_start_matches("W/") == part.etag
-        });
+            t == "*" || t.trim_start_matches("W/") == etag
+        })
+}
+
+/// A pre-rendered part: 304 when the client has it, else the bytes.
+fn part_response(part: &Part, headers: &HeaderMap, answer_kind: &'static str) -> Response {
     let etag = HeaderValue::from_str(&part.etag).unwrap_or(HeaderValue::from_static("\"\""));
-    let mut resp = if matches {
+    let mut resp = if etag_matches(headers, &part.etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Response::new(Body::from(part.body.clone()));
@@ -227,47 +277,8 @@ async fn index() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
 }
 
-#[derive(Serialize)]
-struct EmulatorRow {
-    name: String,
-    path: String,
-    arch: Option<String>,
-    version: Option<String>,
-    state: &'static str,
-    probed_at: Option<String>,
-    /// The capabilities shown are the last good ones; a later probe failed.
-    stale: bool,
-    error: Option<String>,
-    failures: u32,
-}
-
 async fn list(State(ctx): State<Ctx>) -> Response {
-    let view = ctx.agent.cache.handler().view();
-    let rows: Vec<EmulatorRow> = ctx
-        .agent
-        .cache
-        .statuses()
-        .into_iter()
-        .map(|s| {
-            let d = s.data.as_deref();
-            EmulatorRow {
-                path: view
-                    .table
-                    .get(&s.key)
-                    .map(|t| t.path.display().to_string())
-                    .unwrap_or_default(),
-                arch: d.and_then(|d| d.caps.arch.clone()),
-                version: d.and_then(|d| d.caps.qemu.as_ref().map(|q| q.version.clone())),
-                state: s.state.as_str(),
-                probed_at: d.map(|d| d.caps.probe.started_at.clone()),
-                stale: d.is_some() && s.error.is_some(),
-                error: s.error.map(|e| e.to_string()),
-                failures: s.failures,
-                name: s.key,
-            }
-        })
-        .collect();
-    json_value(StatusCode::OK, &rows)
+    json_value(StatusCode::OK, &ctx.agent.rows())
 }
 
 /// Looks up a configured emulator; every failure is a JSON error. Only a
@@ -294,6 +305,7 @@ async fn lookup(ctx: &Ctx, name: &str) -> Result<Answer<Entry>, Response> {
 }
 
 fn lookup_error(ctx: &Ctx, name: &str, e: &LookupError) -> Response {
+    let unavailable = |msg: String| json_error(StatusCode::SERVICE_UNAVAILABLE, &msg);
     match e {
         LookupError::Unknown => json_error(
             StatusCode::NOT_FOUND,
@@ -312,16 +324,11 @@ fn lookup_error(ctx: &Ctx, name: &str, e: &LookupError) -> Response {
                 .get(name)
                 .map(|s| s.path.display().to_string())
                 .unwrap_or_default();
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("emulator '{name}': binary {path} is missing"),
-            )
+            unavailable(format!("emulator '{name}': binary {path} is missing"))
         }
-        LookupError::Failed(msg) => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("emulator '{name}': probe failed: {msg}"),
-        ),
-        LookupError::Cancelled => json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        LookupError::Inaccessible(why) => unavailable(format!("emulator '{name}': {why}")),
+        LookupError::Failed(msg) => unavailable(format!("emulator '{name}': probe failed: {msg}")),
+        LookupError::Cancelled => unavailable("shutting down".to_owned()),
     }
 }
 
@@ -388,72 +395,60 @@ async fn device(
     }
 }
 
-#[derive(Serialize)]
-struct Revalidating<'a> {
-    name: &'a str,
-    state: &'static str,
-}
-
 async fn revalidate(State(ctx): State<Ctx>, name: Result<Path<String>, PathRejection>) -> Response {
     let Path(name) = match name {
         Ok(n) => n,
         Err(e) => return bad_path(e),
     };
-    match ctx.agent.cache.force(&name) {
-        Ok(CacheState::Missing) => lookup_error(&ctx, &name, &LookupError::Missing),
-        Ok(state) => json_value(
-            StatusCode::ACCEPTED,
-            &Revalidating {
-                name: &name,
-                state: state.as_str(),
-            },
-        ),
+    match ctx.agent.cache.force(&name, ctx.forced_probe_interval) {
+        Ok(f) => match f.retry_after {
+            None => json_value(
+                StatusCode::ACCEPTED,
+                &Revalidating {
+                    name,
+                    state: f.state,
+                },
+            ),
+            Some(wait) => {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut r = error_with_state(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!(
+                        "emulator '{name}' was force-probed less than {}s ago; retry after {secs}s",
+                        ctx.forced_probe_interval.as_secs_f64()
+                    ),
+                    Some(f.state),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                r
+            }
+        },
         Err(e) => lookup_error(&ctx, &name, &e),
     }
 }
 
-#[derive(Serialize)]
-struct HostDoc<'a> {
-    kernel_release: String,
-    cpu_signature: String,
-    microcode: Option<String>,
-    kvm: KvmDoc,
-    #[serde(flatten)]
-    static_host: &'a StaticHost,
-}
-
-#[derive(Serialize)]
-struct KvmDoc {
-    device: String,
-    usable: bool,
-}
-
 async fn host(State(ctx): State<Ctx>) -> Response {
-    let handler = ctx.agent.cache.handler();
-    let c = Arc::clone(&handler.view().host);
-    let root = &ctx.agent.config().host_root.0;
+    json_value(StatusCode::OK, &ctx.agent.host_doc())
+}
+
+async fn healthz() -> Response {
     json_value(
         StatusCode::OK,
-        &HostDoc {
-            kernel_release: c.kernel_release.clone(),
-            cpu_signature: c.cpu_signature.clone(),
-            microcode: c.microcode.clone(),
-            kvm: KvmDoc {
-                device: root.join("dev/kvm").display().to_string(),
-                usable: handler.host().kvm_usable(),
-            },
-            static_host: &ctx.static_host,
+        &Health {
+            status: "ok".into(),
         },
     )
 }
 
-async fn healthz() -> Response {
-    json_value(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-}
-
 async fn readyz(State(ctx): State<Ctx>) -> Response {
     if ctx.agent.ready() {
-        json_value(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+        json_value(
+            StatusCode::OK,
+            &Health {
+                status: "ready".into(),
+            },
+        )
     } else {
         json_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -467,126 +462,4 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
         Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
-}
-
-// ---- serving -------------------------------------------------------------
-
-/// A listener the server can accept byte streams from.
-pub enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
-enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-}
-
-impl Listener {
-    async fn accept(&self) -> std::io::Result<Stream> {
-        match self {
-            Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
-                let _ = s.set_nodelay(true);
-                Ok(Stream::Tcp(s))
-            }
-            Listener::Unix(l) => Ok(Stream::Unix(l.accept().await?.0)),
-        }
-    }
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then lets open
-/// connections finish for up to `grace`. Connections beyond
-/// `max_connections` wait in the kernel's backlog; a client that does not
-/// send its headers within `header_read_timeout` is dropped; request heads
-/// larger than `max_header_bytes` are refused.
-pub async fn serve(
-    listener: Listener,
-    app: Router,
-    limits: &HttpLimits,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.get()));
-    let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(*limits.header_read_timeout)
-        // hyper's minimum buffer is 8 KiB.
-        .max_buf_size(limits.max_header_bytes.get().max(8192))
-        .keep_alive(true);
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
-            () = &mut shutdown => break,
-            s = listener.accept() => match s {
-                Ok(s) => s,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        match stream {
-            Stream::Tcp(s) => spawn_connection(&builder, &graceful, s, svc, permit),
-            Stream::Unix(s) => spawn_connection(&builder, &graceful, s, svc, permit),
-        }
-    }
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after {grace:?}; closing them");
-    }
-}
-
-/// Serves one connection in its own task; the permit is its slot under
-/// `max_connections`.
-fn spawn_connection<S>(
-    builder: &hyper::server::conn::http1::Builder,
-    graceful: &GracefulShutdown,
-    stream: S,
-    svc: hyper_util::service::TowerToHyperService<Router>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-    tokio::spawn(async move {
-        let _ = conn.await;
-        drop(permit);
-    });
-}
-
-/// Binds the unix socket at `path`: a stale socket file is replaced (any
-/// other kind of file is an error), and the socket is made mode 0660.
-pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        Err(_) => {}
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let l = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(l)
 }

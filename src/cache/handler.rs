@@ -1,0 +1,88 @@
+//! The contract between the generic cache and the thing it caches, as in
+//! libvirt's `virfilecache` handler table, split so that no lock is ever
+//! held across I/O: [`Handler::stamp`] says what the source looks like now
+//! (stat-only), [`Handler::data_stamp`] what it looked like when the data
+//! was made, [`Handler::new_data`] makes new data (a probe), and
+//! [`Handler::load_file`] / [`Handler::save_file`] convert to and from disk.
+//! [`Observer`] is how the cache reports what it does (metrics, logs).
+
+use std::future::Future;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Why a source has no stamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Absent {
+    /// It does not exist.
+    Missing,
+    /// It exists but cannot be examined (e.g. permission denied); the text
+    /// says why.
+    Inaccessible(Arc<str>),
+}
+
+impl Absent {
+    /// A bounded label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Absent::Missing => "missing",
+            Absent::Inaccessible(_) => "inaccessible",
+        }
+    }
+}
+
+/// What the cache needs from the thing it caches.
+pub trait Handler: Send + Sync + 'static {
+    type Data: Send + Sync + 'static;
+    type Stamp: Clone + PartialEq + Send + Sync + 'static;
+    type Error: std::fmt::Display + Send + Sync + 'static;
+    type FileError: std::fmt::Display + Send + Sync + 'static;
+
+    /// The source of `key` as it is now, cheaply (no exec).
+    fn stamp(&self, key: &str) -> Result<Self::Stamp, Absent>;
+    /// The stamp `data` was made under.
+    fn data_stamp<'a>(&self, data: &'a Self::Data) -> &'a Self::Stamp;
+    /// A short, bounded reason for the difference between two stamps.
+    fn why_changed(&self, old: &Self::Stamp, new: &Self::Stamp) -> &'static str;
+    /// Makes fresh data for `key`; `stamp` was taken just before.
+    fn new_data(
+        &self,
+        key: &str,
+        stamp: Self::Stamp,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<Self::Data, Self::Error>> + Send;
+    /// Decodes a cache file (an error means corrupt, foreign or not ours).
+    fn load_file(&self, key: &str, bytes: &[u8]) -> Result<Self::Data, Self::FileError>;
+    /// Encodes data for its cache file.
+    fn save_file(&self, key: &str, data: &Self::Data) -> Result<Vec<u8>, Self::FileError>;
+}
+
+/// Hooks for metrics and logs. Every method has a no-op default. They are
+/// called with no lock held unless their doc says otherwise.
+pub trait Observer<D>: Send + Sync {
+    /// A lookup answered from a valid entry (called under the slot lock).
+    fn hit(&self, _key: &str, _data: &D) {}
+    /// A lookup that needed a refresh, waited on one, or found no valid
+    /// entry (called under the slot lock).
+    fn miss(&self, _key: &str, _reason: &'static str) {}
+    /// An entry found invalid, by a lookup or the revalidator (called under
+    /// the slot lock).
+    fn invalidated(&self, _key: &str, _reason: &'static str) {}
+    /// A refresh produced `new`, replacing `previous` (none for the first).
+    /// `reason` is why the refresh ran.
+    fn replaced(&self, _key: &str, _previous: Option<&D>, _new: &D, _reason: &'static str) {}
+    /// A refresh failed.
+    fn failed(&self, _key: &str, _error: &str) {}
+    /// A pass of `Cache::revalidate_all`.
+    fn revalidation(&self) {}
+    /// A key was added (config load or reload).
+    fn added(&self, _key: &str) {}
+    /// A key was removed (config reload).
+    fn removed(&self, _key: &str) {}
+    /// Something about `key` changed that a watcher may want to see: new
+    /// data, a new state. Called under the slot lock.
+    fn changed(&self, _key: &str) {}
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+impl<D> Observer<D> for NoObserver {}

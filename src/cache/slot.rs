@@ -1,0 +1,381 @@
+//! One key's state ([`Slot`]) and the one decision the cache makes about it
+//! ([`Slot::classify`]): given what the source looks like now, is the data
+//! valid, is there a refresh to join, is a failed source still backing off,
+//! or is a new refresh needed (and why)? Both the lookup path and the
+//! revalidator call it, so they always agree on what a change means and
+//! which counters it moves.
+
+use super::flight::{Flight, FlightRx};
+use super::handler::Absent;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::time::Instant;
+
+/// The last refresh failed.
+#[derive(Debug)]
+pub(crate) struct Failure<S> {
+    pub error: Arc<str>,
+    /// The stamp the failing refresh ran under: while the source still looks
+    /// like this, nothing retries before `retry_at`.
+    pub stamp: S,
+    pub attempts: u32,
+    pub retry_at: Instant,
+    pub at: SystemTime,
+}
+
+/// The state of one key. Guarded by the cache's slot lock.
+pub(crate) struct Slot<D, S> {
+    /// The last good data (stale when it does not match the source).
+    pub data: Option<Arc<D>>,
+    /// The refresh in flight, if any.
+    pub flight: Option<Flight<D, S>>,
+    pub failure: Option<Failure<S>>,
+    /// Set while the source has no stamp (gone or unreadable).
+    pub absent: Option<Absent>,
+    /// The last write of `data` to disk failed; the revalidator retries it.
+    pub unsaved: bool,
+    /// When the last forced refresh started (rate limit of `Cache::force`).
+    pub last_forced: Option<Instant>,
+    /// The progress of the latest refresh, kept after it leaves `flight`
+    /// (once its data is in memory) until it has written its file.
+    pub latest: Option<FlightRx<D>>,
+    /// Held across each write of this key's file, so writes happen one at
+    /// a time and each writes the data current when it starts: the newest
+    /// data is always the last written.
+    pub writing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What [`Slot::classify`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The source has no stamp. `newly`: it had one (or another kind of
+    /// absence) before, so this is an invalidation.
+    Absent { newly: bool },
+    /// The data matches the source.
+    Hit,
+    /// A refresh started under the same stamp is in flight: wait for it.
+    Join,
+    /// The last refresh under this very stamp failed and its backoff runs.
+    BackingOff,
+    /// A refresh is needed. `invalidated`: the slot knew the source under
+    /// another stamp (data, a failure or a flight), so this is a change.
+    Refresh {
+        reason: &'static str,
+        invalidated: bool,
+    },
+}
+
+impl<D, S: PartialEq> Slot<D, S> {
+    pub fn new() -> Self {
+        Slot {
+            data: None,
+            flight: None,
+            failure: None,
+            absent: None,
+            unsaved: false,
+            last_forced: None,
+            latest: None,
+            writing: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The one decision about this slot, given the source's stamp `now` and
+    /// the time. Pure: it changes nothing. `stamp_of` gives the stamp data
+    /// was made under, `why_changed` a reason for the difference of two
+    /// stamps.
+    pub fn classify(
+        &self,
+        now: Result<&S, &Absent>,
+        at: Instant,
+        stamp_of: impl Fn(&D) -> &S,
+        why_changed: impl Fn(&S, &S) -> &'static str,
+    ) -> Verdict {
+        let now = match now {
+            Err(absent) => {
+                return Verdict::Absent {
+                    newly: self.absent.as_ref() != Some(absent),
+                };
+            }
+            Ok(s) => s,
+        };
+        if self.data.as_ref().is_some_and(|d| stamp_of(d) == now) {
+            return Verdict::Hit;
+        }
+        if self.flight.as_ref().is_some_and(|f| &f.stamp == now) {
+            return Verdict::Join;
+        }
+        if let Some(f) = &self.failure {
+            if &f.stamp == now && at < f.retry_at {
+                return Verdict::BackingOff;
+            }
+        }
+        if self.absent.is_some() {
+            // The disappearance was the invalidation; its return is not one.
+            return Verdict::Refresh {
+                reason: "reappeared",
+                invalidated: false,
+            };
+        }
+        // The newest stamp the slot knows the source by.
+        let known = self
+            .flight
+            .as_ref()
+            .map(|f| &f.stamp)
+            .or(self.failure.as_ref().map(|f| &f.stamp))
+            .or(self.data.as_deref().map(&stamp_of));
+        match known {
+            None => Verdict::Refresh {
+                reason: "cold",
+                invalidated: false,
+            },
+            Some(k) if k == now => Verdict::Refresh {
+                reason: "retry",
+                invalidated: false,
+            },
+            Some(k) => Verdict::Refresh {
+                reason: why_changed(k, now),
+                invalidated: true,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::flight::Flight;
+    use super::*;
+    use std::time::Duration;
+
+    type TestSlot = Slot<u64, u64>;
+
+    fn data(stamp: u64) -> Option<Arc<u64>> {
+        Some(Arc::new(stamp))
+    }
+
+    fn failure(stamp: u64, retry_in: i64, base: Instant) -> Option<Failure<u64>> {
+        let retry_at = if retry_in >= 0 {
+            base + Duration::from_secs(retry_in as u64)
+        } else {
+            base - Duration::from_secs((-retry_in) as u64)
+        };
+        Some(Failure {
+            error: Arc::from("boom"),
+            stamp,
+            attempts: 1,
+            retry_at,
+            at: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    fn why(old: &u64, new: &u64) -> &'static str {
+        if old / 10 != new / 10 {
+            "binary_changed"
+        } else {
+            "modules_changed"
+        }
+    }
+
+    fn classify(slot: &TestSlot, now: Result<u64, Absent>, at: Instant) -> Verdict {
+        slot.classify(now.as_ref(), at, |d| d, why)
+    }
+
+    /// Every situation a slot can be in, with the verdict both paths must
+    /// reach. Stamps: tens differ by "binary", units by "modules".
+    #[tokio::test(start_paused = true)]
+    async fn the_decision_table() {
+        let t = Instant::now();
+        let refresh = |reason, invalidated| Verdict::Refresh {
+            reason,
+            invalidated,
+        };
+        let missing = Err(Absent::Missing);
+        let cases: Vec<(&str, TestSlot, Result<u64, Absent>, Verdict)> = vec![
+            ("never seen", Slot::new(), Ok(10), refresh("cold", false)),
+            (
+                "valid data",
+                Slot {
+                    data: data(10),
+                    ..Slot::new()
+                },
+                Ok(10),
+                Verdict::Hit,
+            ),
+            (
+                "binary replaced",
+                Slot {
+                    data: data(10),
+                    ..Slot::new()
+                },
+                Ok(20),
+                refresh("binary_changed", true),
+            ),
+            (
+                "module directory changed",
+                Slot {
+                    data: data(10),
+                    ..Slot::new()
+                },
+                Ok(11),
+                refresh("modules_changed", true),
+            ),
+            (
+                "valid data with an old failure recorded is a hit",
+                Slot {
+                    data: data(10),
+                    failure: failure(20, 60, t),
+                    ..Slot::new()
+                },
+                Ok(10),
+                Verdict::Hit,
+            ),
+            (
+                "valid data, a forced refresh under the same stamp failed",
+                Slot {
+                    data: data(10),
+                    failure: failure(10, 60, t),
+                    ..Slot::new()
+                },
+                Ok(10),
+                Verdict::Hit,
+            ),
+            (
+                "failed under this stamp, backing off",
+                Slot {
+                    data: data(10),
+                    failure: failure(20, 60, t),
+                    ..Slot::new()
+                },
+                Ok(20),
+                Verdict::BackingOff,
+            ),
+            (
+                "failed under this stamp, no data, backing off",
+                Slot {
+                    failure: failure(20, 60, t),
+                    ..Slot::new()
+                },
+                Ok(20),
+                Verdict::BackingOff,
+            ),
+            (
+                "failed under this stamp, backoff over",
+                Slot {
+                    data: data(10),
+                    failure: failure(20, -1, t),
+                    ..Slot::new()
+                },
+                Ok(20),
+                refresh("retry", false),
+            ),
+            (
+                "failed, then the source changed again",
+                Slot {
+                    data: data(10),
+                    failure: failure(20, 60, t),
+                    ..Slot::new()
+                },
+                Ok(30),
+                refresh("binary_changed", true),
+            ),
+            (
+                "failed before any data, then changed",
+                Slot {
+                    failure: failure(20, 60, t),
+                    ..Slot::new()
+                },
+                Ok(21),
+                refresh("modules_changed", true),
+            ),
+            (
+                "refresh in flight under the same stamp",
+                Slot {
+                    data: data(10),
+                    flight: Some(Flight::test(20)),
+                    ..Slot::new()
+                },
+                Ok(20),
+                Verdict::Join,
+            ),
+            (
+                "refresh in flight, but the source changed since it started",
+                Slot {
+                    data: data(10),
+                    flight: Some(Flight::test(20)),
+                    ..Slot::new()
+                },
+                Ok(30),
+                refresh("binary_changed", true),
+            ),
+            (
+                "forced refresh in flight while the data is valid",
+                Slot {
+                    data: data(10),
+                    flight: Some(Flight::test(10)),
+                    ..Slot::new()
+                },
+                Ok(10),
+                Verdict::Hit,
+            ),
+            (
+                "gone",
+                Slot {
+                    data: data(10),
+                    ..Slot::new()
+                },
+                missing.clone(),
+                Verdict::Absent { newly: true },
+            ),
+            (
+                "still gone",
+                Slot {
+                    data: data(10),
+                    absent: Some(Absent::Missing),
+                    ..Slot::new()
+                },
+                missing.clone(),
+                Verdict::Absent { newly: false },
+            ),
+            (
+                "gone, then unreadable",
+                Slot {
+                    absent: Some(Absent::Missing),
+                    ..Slot::new()
+                },
+                Err(Absent::Inaccessible(Arc::from("permission denied"))),
+                Verdict::Absent { newly: true },
+            ),
+            (
+                "back, replaced",
+                Slot {
+                    data: data(10),
+                    absent: Some(Absent::Missing),
+                    ..Slot::new()
+                },
+                Ok(20),
+                refresh("reappeared", false),
+            ),
+            (
+                "back before it was ever probed",
+                Slot {
+                    absent: Some(Absent::Missing),
+                    ..Slot::new()
+                },
+                Ok(20),
+                refresh("reappeared", false),
+            ),
+            (
+                "back unchanged",
+                Slot {
+                    data: data(10),
+                    absent: Some(Absent::Missing),
+                    ..Slot::new()
+                },
+                Ok(10),
+                Verdict::Hit,
+            ),
+        ];
+        for (what, slot, now, want) in cases {
+            assert_eq!(classify(&slot, now, t), want, "{what}");
+        }
+    }
+}

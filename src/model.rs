@@ -1,0 +1,111 @@
+//! The JSON bodies of the query API that are not the capabilities document
+//! itself: one definition used by the server to write them, by the client
+//! to read them, and by the OpenAPI description to describe them.
+
+use crate::cache::State;
+use crate::qemu::fingerprint::SecureGuest;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One emulator in `GET /v1/emulators`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EmulatorRow {
+    /// The configured name (the key in every URL).
+    pub name: String,
+    pub path: String,
+    /// From the last successful probe.
+    pub arch: Option<String>,
+    pub version: Option<String>,
+    pub state: State,
+    /// When the capabilities served were probed (RFC 3339).
+    pub probed_at: Option<String>,
+    /// The capabilities served are the last good ones; a later probe
+    /// failed.
+    pub stale: bool,
+    pub error: Option<String>,
+    /// Consecutive failed probes.
+    pub failures: u32,
+}
+
+/// Every error answer: `{"error": "...", "status": N}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub status: u16,
+    /// The emulator's state, where the error is about one (e.g. a forced
+    /// probe refused by the rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+}
+
+/// The answer to `POST /v1/emulators/{name}/revalidate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Revalidating {
+    pub name: String,
+    pub state: State,
+}
+
+/// `GET /healthz` and `GET /readyz` when healthy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// `GET /v1/host`: the host facts the fingerprint uses, read below
+/// `host_root`, and facts about the machine the agent runs on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HostDoc {
+    /// The root below which the fingerprint's facts are read.
+    pub host_root: String,
+    pub kernel_release: String,
+    pub cpu_signature: String,
+    pub microcode: Option<String>,
+    pub cpuid: Option<String>,
+    pub kvm_nested: Option<String>,
+    pub secure_guest: SecureGuest,
+    pub kvm: KvmDoc,
+    /// Where each fingerprint fact above was read (paths below
+    /// `host_root`).
+    pub sources: BTreeMap<String, String>,
+    /// The machine the agent itself runs on, as its own `/proc` shows it
+    /// (not below `host_root`); not part of any fingerprint.
+    pub system: SystemFacts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KvmDoc {
+    pub device: String,
+    /// Whether the agent (and so every probe) may open it read-write.
+    pub usable: bool,
+}
+
+/// CPU brand and count, memory and host name, read once at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SystemFacts {
+    pub hostname: Option<String>,
+    pub cpu_brand: Option<String>,
+    pub cpus: usize,
+    pub memory_bytes: u64,
+}
+
+impl SystemFacts {
+    pub fn read() -> SystemFacts {
+        use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+        let sys = System::new_with_specifics(
+            RefreshKind::nothing()
+                .with_cpu(CpuRefreshKind::nothing())
+                .with_memory(MemoryRefreshKind::nothing().with_ram()),
+        );
+        SystemFacts {
+            hostname: System::host_name(),
+            cpu_brand: sys
+                .cpus()
+                .first()
+                .map(|c| c.brand().trim().to_owned())
+                .filter(|b| !b.is_empty()),
+            cpus: sys.cpus().len(),
+            memory_bytes: sys.total_memory(),
+        }
+    }
+}
