@@ -326,7 +326,7 @@ impl Handler for Emulators {
         let result = probe(&spec.path, &req, &self.counter, &cancel).await;
         // Every QEMU process that was started is timed, failed ones too.
         let exec_time = match &result {
-            Ok((_, report)) => Some(report.duration),
+            Ok((_, report)) => Some(report.exec.duration),
             Err(ProbeError::Exec(e)) if !e.started() => None,
             Err(_) => Some(started.elapsed()),
         };
@@ -336,9 +336,9 @@ impl Handler for Emulators {
         match result {
             Ok((caps, report)) => {
                 self.metrics.probe_succeeded(key, unix_now());
-                tracing::info!(emulator = key, path = %spec.path.display(), seconds = report.duration.as_secs_f64(),
+                tracing::info!(emulator = key, path = %spec.path.display(), seconds = report.exec.duration.as_secs_f64(),
                                version = caps.qemu.as_ref().map(|q| q.version.as_str()).unwrap_or("?"), "probed");
-                Ok(Entry::new(caps, stamp, report.duration.as_secs_f64())?)
+                Ok(Entry::new(caps, stamp, report.exec.duration.as_secs_f64())?)
             }
             Err(e) => {
                 if !matches!(e, ProbeError::Exec(ExecError::Cancelled { .. })) {

@@ -9,7 +9,11 @@ use std::collections::BTreeMap;
 
 /// Version of the document's shape. Bump it when a field changes meaning;
 /// cached files of another version are discarded and re-probed.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// 2: `devices` holds the user-creatable devices (what `-device` accepts),
+/// with `devices_source`; commands come from `query-commands`; the
+/// fingerprint gained CPUID, KVM nested and secure-guest facts.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything one probe learned about one emulator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -26,10 +30,27 @@ pub struct Capabilities {
     pub kvm: Option<Kvm>,
     pub machines: Vec<Machine>,
     pub cpu_models: Vec<CpuModel>,
+    /// The devices `-device` accepts (user-creatable), sorted.
     pub devices: Vec<String>,
+    /// Where `devices` came from: `device_add help` (exactly `-device
+    /// help`'s list), or, for a QEMU that does not answer it over QMP,
+    /// `qom-list-types`, which also holds devices `-device` refuses (e.g.
+    /// `apic`). `None` when neither answered.
+    pub devices_source: Option<DevicesSource>,
     pub device_properties: BTreeMap<String, Vec<DeviceProperty>>,
     pub commands: Vec<String>,
     pub probe: ProbeInfo,
+}
+
+/// How the device list was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum DevicesSource {
+    /// `human-monitor-command` `device_add help`: the user-creatable set.
+    #[serde(rename = "device_add help")]
+    DeviceAddHelp,
+    /// `qom-list-types` (non-abstract devices): a superset.
+    #[serde(rename = "qom-list-types")]
+    QomListTypes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -12,4 +12,4 @@ pub mod qmp;
 
 pub use caps::Capabilities;
 pub use exec::{Accel, ExecCounter, ExecError};
-pub use probe::{ProbeError, ProbeRequest, probe};
+pub use probe::{ProbeError, ProbeReport, ProbeRequest, probe};

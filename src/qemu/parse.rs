@@ -200,20 +200,26 @@ pub fn device_properties(v: &Value) -> Result<Vec<DeviceProperty>, ParseError> {
         .collect()
 }
 
-/// `query-qmp-schema`: the names of the entries whose meta-type is `command`.
-pub fn schema_commands(v: &Value) -> Result<Vec<String>, ParseError> {
-    const C: &str = "query-qmp-schema";
+/// The text of `device_add help` (the same as `-device help`): the device
+/// names of its `name "..."` lines, sorted and without duplicates. Category
+/// headers, blank lines and anything else are skipped; a text with no such
+/// line (an error message) gives an empty list.
+pub fn device_help(text: &str) -> Vec<String> {
     let mut names = BTreeSet::new();
-    for entry in as_array(C, v)? {
-        let o = as_object(C, entry)?;
-        if o.get("meta-type").and_then(Value::as_str) == Some("command") {
-            names.insert(req_str(C, o, "name")?);
+    for line in text.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("name \"") else {
+            continue;
+        };
+        if let Some(end) = rest.find('"') {
+            if end > 0 {
+                names.insert(rest[..end].to_owned());
+            }
         }
     }
-    Ok(names.into_iter().collect())
+    names.into_iter().collect()
 }
 
-/// `query-commands` (older QEMUs, or where the schema is not available).
+/// `query-commands`: the names of the commands QEMU accepts.
 pub fn commands(v: &Value) -> Result<Vec<String>, ParseError> {
     const C: &str = "query-commands";
     let mut names = BTreeSet::new();
@@ -341,15 +347,16 @@ mod tests {
     }
 
     #[test]
-    fn schema_commands_keep_only_commands() {
-        let c = schema_commands(&json!([
-            {"name": "query-status", "meta-type": "command", "arg-type": "0", "ret-type": "1"},
-            {"name": "SHUTDOWN", "meta-type": "event", "arg-type": "2"},
-            {"name": "0", "meta-type": "object", "members": []},
-            {"name": "cont", "meta-type": "command"}
-        ]))
-        .unwrap();
-        assert_eq!(c, ["cont", "query-status"]);
+    fn device_help_lists_the_names_only() {
+        let text = "Controller/Bridge/Hub devices:\n\
+                    name \"pci-bridge\", bus PCI, desc \"Standard PCI Bridge\"\n\
+                    name \"usb-hub\", bus usb-bus\n\n\
+                    Network devices:\n\
+                    name \"e1000\", bus PCI, alias \"e1000-82540em\", desc \"Intel Gigabit Ethernet\"\n\
+                    name \"usb-hub\", bus usb-bus\n";
+        assert_eq!(device_help(text), ["e1000", "pci-bridge", "usb-hub"]);
+        assert!(device_help("Error: unknown command\n").is_empty());
+        assert!(device_help("name \"\", bus x\nname \"unterminated").is_empty());
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! One probe: one QEMU process, a few batched QMP round trips, one
-//! capabilities document.
+//! One probe: one QEMU process, one batch of QMP commands (a second round
+//! trip only for a QEMU that cannot list its devices the modern way), one
+//! capabilities document. [`COMMANDS_USED`] lists every command sent and
+//! the field it feeds: nothing is asked that the document does not use.
 //!
 //! The conversation is collected raw inside the exec session (QEMU lives only
 //! as long as it must), then parsed by the pure functions of `parse`. A
@@ -7,14 +9,14 @@
 //! empty; a broken conversation or a reply of the wrong shape fails the probe
 //! with an error that names the command.
 
-use super::caps::{Capabilities, Emulator, ProbeInfo, SCHEMA_VERSION};
+use super::caps::{Capabilities, DevicesSource, Emulator, ProbeInfo, SCHEMA_VERSION};
 use super::exec::{Accel, ExecCounter, ExecError, ExecReport, ExecSpec, with_qemu};
 use super::parse::{self, ParseError};
 use super::qmp::QmpError;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// The devices whose properties are read by default: those libvirt inspects,
@@ -97,6 +99,42 @@ impl ProbeError {
     }
 }
 
+/// Every command the probe sends, with the document field its answer
+/// feeds. The probe asks nothing else: a test holds it to this list.
+pub const COMMANDS_USED: &[(&str, &str)] = &[
+    ("qmp_capabilities", "(enters command mode)"),
+    ("query-version", "qemu"),
+    ("query-target", "arch"),
+    ("query-kvm", "kvm, accel"),
+    ("query-machines", "machines"),
+    ("query-cpu-definitions", "cpu_models"),
+    ("human-monitor-command", "devices (device_add help)"),
+    ("query-commands", "commands"),
+    ("device-list-properties", "device_properties"),
+    (
+        "qom-list-types",
+        "devices (only where device_add help is not answered)",
+    ),
+];
+
+/// How long one command of a probe took (from the previous reply, or the
+/// request, to its reply: QEMU runs them one after another).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandTime {
+    pub command: String,
+    pub took: Duration,
+}
+
+/// How a probe went.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    pub exec: ExecReport,
+    /// From QEMU's start to its greeting.
+    pub startup: Duration,
+    /// Each command in order.
+    pub commands: Vec<CommandTime>,
+}
+
 /// Everything QEMU said, before parsing. `None` is a command QEMU refused.
 #[derive(Default)]
 struct Raw {
@@ -106,85 +144,100 @@ struct Raw {
     kvm: Option<Value>,
     machines: Option<Value>,
     cpus: Option<Value>,
+    device_help: Option<Value>,
     types: Option<Value>,
-    schema: Option<Value>,
     commands: Option<Value>,
     props: Vec<(String, Value)>,
+    startup: Duration,
+    times: Vec<CommandTime>,
 }
 
-/// Probes the emulator at `path` in one exec.
+/// Probes the emulator at `path` in one exec: one batch of commands, and a
+/// second round trip only for a QEMU that does not answer `device_add
+/// help` (then its devices come from `qom-list-types`).
 pub async fn probe(
     path: &Path,
     req: &ProbeRequest,
     counter: &ExecCounter,
     cancel: &CancellationToken,
-) -> Result<(Capabilities, ExecReport), ProbeError> {
+) -> Result<(Capabilities, ProbeReport), ProbeError> {
     let started_at = SystemTime::now();
     let spec = ExecSpec {
         tag: req.tag.clone(),
         ..ExecSpec::new(path, req.accel, req.timeout)
     };
-    let (raw, report) = with_qemu(&spec, counter, cancel, async |qmp| {
+    let (raw, exec) = with_qemu(&spec, counter, cancel, async |qmp| {
+        let spawned = Instant::now();
+        let greeting = qmp.handshake().await?;
         let mut raw = Raw {
-            greeting: qmp.handshake().await?,
+            greeting,
+            startup: spawned.elapsed(),
             ..Raw::default()
         };
-        let first = qmp
-            .execute_batch(&[
-                ("query-version", None),
-                ("query-target", None),
-                ("query-kvm", None),
-                ("query-machines", None),
-                ("query-cpu-definitions", None),
-                (
-                    "qom-list-types",
-                    Some(json!({"implements": "device", "abstract": false})),
-                ),
-                ("query-qmp-schema", None),
-            ])
-            .await?;
-        let mut it = first.into_iter().map(answered);
+        let mut batch: Vec<(&str, Option<Value>)> = vec![
+            ("query-version", None),
+            ("query-target", None),
+            ("query-kvm", None),
+            ("query-machines", None),
+            ("query-cpu-definitions", None),
+            (
+                "human-monitor-command",
+                Some(json!({"command-line": "device_add help"})),
+            ),
+            ("query-commands", None),
+        ];
+        // Properties of every configured device: one the emulator lacks is
+        // answered DeviceNotFound and left out.
+        batch.extend(
+            req.devices
+                .iter()
+                .map(|d| ("device-list-properties", Some(json!({"typename": d})))),
+        );
+        let (replies, times) = qmp.execute_batch_timed(&batch).await?;
+        raw.times = times;
+        let mut it = replies.into_iter().map(answered);
         let mut next = || it.next().flatten();
         raw.version = next();
         raw.target = next();
         raw.kvm = next();
         raw.machines = next();
         raw.cpus = next();
-        raw.types = next();
-        raw.schema = next();
-
-        // Ask only for devices the emulator has (all of them if it would not
-        // list its devices); a DeviceNotFound just leaves the device out.
-        let known: Option<Vec<String>> = raw.types.as_ref().and_then(|t| parse::type_names(t).ok());
-        let wanted: Vec<&String> = req
-            .devices
-            .iter()
-            .filter(|d| known.as_ref().is_none_or(|k| k.binary_search(d).is_ok()))
-            .collect();
-        let mut second: Vec<(&str, Option<Value>)> = wanted
-            .iter()
-            .map(|d| ("device-list-properties", Some(json!({"typename": d}))))
-            .collect();
-        if raw.schema.is_none() {
-            second.push(("query-commands", None));
-        }
-        let mut replies = qmp.execute_batch(&second).await?.into_iter();
-        for d in &wanted {
-            if let Some(v) = replies.next().and_then(answered) {
-                raw.props.push(((*d).clone(), v));
+        raw.device_help = next();
+        raw.commands = next();
+        for d in &req.devices {
+            if let Some(v) = next() {
+                raw.props.push((d.clone(), v));
             }
         }
-        raw.commands = replies.next().and_then(answered);
+        let listed = raw
+            .device_help
+            .as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|t| !parse::device_help(t).is_empty());
+        if !listed {
+            let (mut replies, times) = qmp
+                .execute_batch_timed(&[(
+                    "qom-list-types",
+                    Some(json!({"implements": "device", "abstract": false})),
+                )])
+                .await?;
+            raw.times.extend(times);
+            raw.types = replies.pop().and_then(answered);
+        }
         Ok(raw)
     })
     .await?;
-    let caps =
-        build(path, req, raw, started_at, report.duration, report.execs).map_err(|source| {
-            ProbeError::Parse {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
+    let report = ProbeReport {
+        exec,
+        startup: raw.startup,
+        commands: raw.times.clone(),
+    };
+    let caps = build(path, req, raw, started_at, exec.duration, exec.execs).map_err(|source| {
+        ProbeError::Parse {
+            path: path.display().to_string(),
+            source,
+        }
+    })?;
     Ok((caps, report))
 }
 
@@ -217,10 +270,16 @@ fn build(
         (None, Accel::Kvm) => "kvm",
         _ => "tcg",
     };
-    let commands = match (&raw.schema, &raw.commands) {
-        (Some(s), _) => parse::schema_commands(s)?,
-        (None, Some(c)) => parse::commands(c)?,
-        (None, None) => Vec::new(),
+    let device_help = raw
+        .device_help
+        .as_ref()
+        .and_then(Value::as_str)
+        .map(parse::device_help)
+        .filter(|d| !d.is_empty());
+    let (devices, devices_source) = match (device_help, &raw.types) {
+        (Some(d), _) => (d, Some(DevicesSource::DeviceAddHelp)),
+        (None, Some(t)) => (parse::type_names(t)?, Some(DevicesSource::QomListTypes)),
+        (None, None) => (Vec::new(), None),
     };
     let device_properties = raw
         .props
@@ -249,14 +308,15 @@ fn build(
             .map(parse::cpu_models)
             .transpose()?
             .unwrap_or_default(),
-        devices: raw
-            .types
+        devices,
+        devices_source,
+        device_properties,
+        commands: raw
+            .commands
             .as_ref()
-            .map(parse::type_names)
+            .map(parse::commands)
             .transpose()?
             .unwrap_or_default(),
-        device_properties,
-        commands,
         probe: ProbeInfo {
             started_at: crate::timefmt::rfc3339(started_at),
             duration_seconds: duration.as_secs_f64(),

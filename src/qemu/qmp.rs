@@ -8,6 +8,7 @@
 //! skipped. Timeouts are the caller's: the probe wraps the whole session in
 //! one deadline.
 
+use super::probe::CommandTime;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
@@ -114,6 +115,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Qmp<R, W> {
         &mut self,
         commands: &[(&str, Option<Value>)],
     ) -> Result<Vec<Result<Value, QmpError>>, QmpError> {
+        self.execute_batch_timed(commands).await.map(|(r, _)| r)
+    }
+
+    /// [`Qmp::execute_batch`], also saying how long each command took: the
+    /// time from the previous reply (or the write) to its own, as QEMU runs
+    /// them one after another.
+    pub async fn execute_batch_timed(
+        &mut self,
+        commands: &[(&str, Option<Value>)],
+    ) -> Result<(Vec<Result<Value, QmpError>>, Vec<CommandTime>), QmpError> {
         let mut bytes = Vec::new();
         let mut ids = Vec::with_capacity(commands.len());
         for (command, arguments) in commands {
@@ -139,10 +150,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Qmp<R, W> {
         self.writer.write_all(&bytes).await.map_err(gone)?;
         self.writer.flush().await.map_err(gone)?;
         let mut out = Vec::with_capacity(commands.len());
+        let mut times = Vec::with_capacity(commands.len());
+        let mut last = std::time::Instant::now();
         for ((command, _), id) in commands.iter().zip(&ids) {
             out.push(self.read_reply(command, id).await?);
+            let now = std::time::Instant::now();
+            times.push(CommandTime {
+                command: (*command).to_owned(),
+                took: now - last,
+            });
+            last = now;
         }
-        Ok(out)
+        Ok((out, times))
     }
 
     async fn read_reply(

@@ -64,6 +64,46 @@ pub fn replay_emulator(dir: &Path, name: &str, transcript: &Path) -> PathBuf {
     )
 }
 
+/// A replay stand-in that also logs every command it receives to `log`.
+pub fn recording_emulator(dir: &Path, name: &str, transcript: &Path, log: &Path) -> PathBuf {
+    let replayer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replay_qemu.py");
+    script(
+        dir,
+        name,
+        &format!(
+            "exec '{}' '{}' '{}' --log '{}' \"$@\"",
+            python3().display(),
+            replayer.display(),
+            transcript.display(),
+            log.display()
+        ),
+    )
+}
+
+/// The command names in a transcript's recorded `query-qmp-schema`.
+pub fn schema_commands_of(transcript: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(transcript).unwrap();
+    let objs: Vec<serde_json::Value> = text
+        .split("\n\n")
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| serde_json::from_str(c).unwrap())
+        .collect();
+    let at = objs
+        .iter()
+        .position(|o| o["execute"] == "query-qmp-schema")
+        .expect("a recorded schema");
+    let mut names: Vec<String> = objs[at + 1]["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["meta-type"] == "command")
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// A real QEMU binary, or `None` (the test then skips) unless
 /// `QCAPSD_REQUIRE_QEMU=1`, where a missing binary fails the test.
 pub fn real_qemu(name: &str) -> Option<PathBuf> {

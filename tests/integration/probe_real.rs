@@ -19,6 +19,82 @@ async fn probe_real(bin: &Path, accel: Accel) -> Capabilities {
     caps
 }
 
+/// The names `-device help` prints: what `-device` accepts.
+fn device_help_names(bin: &Path) -> Vec<String> {
+    let out = std::process::Command::new(bin)
+        .args(["-device", "help"])
+        .output()
+        .unwrap();
+    let mut names = qcapsd::qemu::parse::device_help(&String::from_utf8_lossy(&out.stdout));
+    names.sort();
+    names
+}
+
+/// The command names of `query-qmp-schema`, asked over QMP by the test
+/// itself (what the probe used to read them from).
+fn schema_commands(bin: &Path) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut qemu = std::process::Command::new(bin)
+        .args([
+            "-S",
+            "-nodefaults",
+            "-nographic",
+            "-machine",
+            "none",
+            "-qmp",
+            "stdio",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = qemu.stdin.take().unwrap();
+    input
+        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-qmp-schema\",\"id\":\"s\"}\n{\"execute\":\"quit\"}\n")
+        .unwrap();
+    let reader = BufReader::new(qemu.stdout.take().unwrap());
+    let mut names = Vec::new();
+    for line in reader.lines() {
+        let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if v["id"] == "s" {
+            names = v["return"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["meta-type"] == "command")
+                .map(|e| e["name"].as_str().unwrap().to_owned())
+                .collect();
+            break;
+        }
+    }
+    drop(input);
+    let _ = qemu.wait();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test]
+async fn devices_are_exactly_what_device_help_lists_and_commands_what_the_schema_lists() {
+    for name in ["qemu-system-x86_64", "qemu-system-aarch64"] {
+        let Some(bin) = common::real_qemu(name) else {
+            return;
+        };
+        let caps = probe_real(&bin, Accel::Auto).await;
+        assert_eq!(
+            caps.devices_source,
+            Some(qcapsd::qemu::caps::DevicesSource::DeviceAddHelp)
+        );
+        assert_eq!(caps.devices, device_help_names(&bin), "{name}: devices");
+        assert!(
+            !caps.devices.iter().any(|d| d == "apic" || d == "PIIX3"),
+            "{name}: not user-creatable"
+        );
+        assert_eq!(caps.commands, schema_commands(&bin), "{name}: commands");
+    }
+}
+
 /// `QEMU emulator version 10.0.2 (Debian ...)` → `10.0.2`.
 fn version_from_dash_version(bin: &Path) -> String {
     let out = std::process::Command::new(bin)
@@ -126,7 +202,7 @@ fn cli_prints_the_document_for_real_qemu() {
         String::from_utf8_lossy(&out.stderr)
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["schema_version"], 2);
     assert_eq!(doc["accel"], "tcg");
     assert_eq!(doc["probe"]["execs"], 1);
 }
