@@ -1,11 +1,13 @@
-//! `qcapsd run` end to end with stand-in emulators that count their execs:
-//! the cache's promise is zero execs while nothing changes and exactly one
-//! when something does.
+//! `qcapsd run` end to end, as a process, with stand-in emulators that
+//! count their execs: the cache's promise is zero execs while nothing
+//! changes and exactly one when something does, across restarts, signals
+//! and reloads.
 
-use crate::common::{self, AgentProc, count, counting_emulator, transcript};
+use crate::common::{
+    self, AgentProc, Http, count, counting_emulator, rename_upgrade, transcript,
+};
 use rustix::process::Signal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Two counting stand-ins (x86_64 9.1.0 and aarch64 8.2.0) in `dir/bin`.
 struct Fleet {
@@ -48,19 +50,6 @@ fn emulators_yaml(f: &Fleet) -> String {
         f.x86.display(),
         f.arm.display()
     )
-}
-
-/// Replaces `path` the way a package upgrade does: a new file renamed over
-/// the old one.
-fn rename_upgrade(path: &Path, new_transcript: &str, count_file: &Path) {
-    let dir = path.parent().unwrap();
-    let staged = counting_emulator(
-        dir,
-        ".staged-upgrade",
-        &transcript(new_transcript),
-        count_file,
-    );
-    std::fs::rename(staged, path).unwrap();
 }
 
 #[test]
@@ -393,12 +382,21 @@ fn sighup_reloads_added_and_removed_emulators() {
         !d.path().join("cache/x86_64.json").exists(),
         "a removed emulator's file goes"
     );
-    // A broken config is refused and the running one kept.
+    assert_eq!(
+        agent.metric("qcapsd_config_reloads_total{result=\"success\"}"),
+        Some(1.0)
+    );
+    // A broken config is refused (the agent says so) and the running one
+    // kept.
     std::fs::write(&agent.config, "listen: [oops\n").unwrap();
     agent.signal(Signal::HUP);
-    std::thread::sleep(Duration::from_millis(200));
+    let refused = "qcapsd_config_reloads_total{result=\"failure\"}";
+    common::poll_until(|| agent.metric(refused) == Some(1.0));
+    assert_eq!(agent.metric(refused), Some(1.0));
+    assert_eq!(agent.metric("qcapsd_config_last_reload_successful"), Some(0.0));
     assert_eq!(agent.get("/v1/emulators/aarch64").status, 200);
     assert_eq!(agent.get("/healthz").status, 200);
+    assert!(agent.log_text().contains("config reload refused"));
 }
 
 #[test]

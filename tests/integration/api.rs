@@ -1,18 +1,19 @@
-//! The query API through real HTTP: every route, ETag/304, error bodies,
-//! hostile input (which must never cause an exec), the unix socket, limits,
-//! and the `qcapsd query` client.
+//! The query API through real HTTP, with the agent in this process: every
+//! route, ETag/304, error bodies, hostile input (which must never cause an
+//! exec), the unix socket, limits, and the `qcapsd query` client.
 
-use crate::common::{self, AgentProc, count, counting_emulator, raw_http, transcript};
+use crate::common::{self, Http, InProcess, count, raw_http};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 struct Setup {
-    _dir: tempfile::TempDir,
-    agent: AgentProc,
+    agent: InProcess,
     x86: PathBuf,
     x86_count: PathBuf,
+    yaml: String,
+    _dir: tempfile::TempDir,
 }
 
 fn setup(extra: &str) -> Setup {
@@ -22,18 +23,17 @@ fn setup(extra: &str) -> Setup {
         "qemu-system-x86_64",
         "caps_10.0.0_x86_64.replies",
     );
-    let agent = AgentProc::start(
-        dir.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\n{extra}",
-            x86.display()
-        ),
+    let yaml = format!(
+        "emulators:\n  - path: {}\n    name: x86_64\n{extra}",
+        x86.display()
     );
+    let agent = InProcess::start(dir.path(), &yaml);
     Setup {
-        _dir: dir,
         agent,
         x86,
         x86_count,
+        yaml,
+        _dir: dir,
     }
 }
 
@@ -60,7 +60,8 @@ fn every_route_answers() {
     let doc = a.get("/v1/emulators/x86_64");
     assert_eq!(doc.header("content-type"), Some("application/json"));
     let doc = doc.json();
-    assert_eq!(doc["schema_version"], 1);
+    assert_eq!(doc["schema_version"], 2);
+    assert_eq!(doc["devices_source"], "qom-list-types", "not recorded by libvirt");
     assert_eq!(doc["probe"]["execs"], 1);
     assert!(doc["cache"]["fingerprint"]["binary"]["ino"].is_u64());
     let machines = a.get("/v1/emulators/x86_64/machines").json();
@@ -155,19 +156,13 @@ fn etag_gives_304_and_changes_with_the_data() {
         .to_owned();
     assert_ne!(full, etag, "each part has its own tag");
     // A restart serves the same bytes: the same tag.
-    let a = s.agent.restart();
+    let a = s.agent.restart(&s.yaml);
     assert_eq!(
         a.get("/v1/emulators/x86_64/machines").header("etag"),
         Some(etag.as_str())
     );
     // New data, new tag.
-    let staged = counting_emulator(
-        s.x86.parent().unwrap(),
-        ".new",
-        &transcript("caps_6.2.0_x86_64.replies"),
-        &s.x86_count,
-    );
-    std::fs::rename(staged, &s.x86).unwrap();
+    common::rename_upgrade(&s.x86, "caps_6.2.0_x86_64.replies", &s.x86_count);
     let r = a.request(
         "GET",
         "/v1/emulators/x86_64/machines",
@@ -322,12 +317,12 @@ fn unix_socket_serves_with_mode_0660_and_replaces_a_stale_socket() {
         "qemu-system-x86_64",
         "caps_9.1.0_x86_64.replies",
     );
-    // A stale socket from a crashed agent.
+    // A stale socket from a crashed agent: nothing listens on it.
     let sock = dir.path().join("run/qcapsd.sock");
     std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
-    let agent = AgentProc::start(
+    let agent = InProcess::start(
         dir.path(),
         &format!("emulators:\n  - path: {}\n", x86.display()),
     );
@@ -343,8 +338,49 @@ fn unix_socket_serves_with_mode_0660_and_replaces_a_stale_socket() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("qemu-system-x86_64"));
     let socket = agent.socket.clone();
-    assert!(agent.stop().success());
+    agent.stop().unwrap();
     assert!(!socket.exists(), "removed on exit");
+}
+
+#[test]
+fn listen_null_serves_the_query_api_on_the_unix_socket_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x86, _count) = common::stand_in(
+        dir.path(),
+        "qemu-system-x86_64",
+        "caps_9.1.0_x86_64.replies",
+    );
+    let metrics = common::free_port();
+    // `listen: null` after the harness's own listen line overrides it: the
+    // harness waits for readiness on the metrics port instead.
+    let text = InProcess::config_text(dir.path(), 1, "")
+        .replace("listen: 127.0.0.1:1\n", "listen: null\n")
+        + &format!(
+            "metrics_listen: 127.0.0.1:{metrics}\nemulators:\n  - path: {}\n",
+            x86.display()
+        );
+    let cfg = qcapsd::config::Config::parse(&text).unwrap();
+    assert_eq!(cfg.listen, None);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let token = stop.clone();
+    let t = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(qcapsd::daemon::serve(cfg, rx, token))
+    });
+    assert!(common::wait_ready(metrics));
+    let sock = dir.path().join("run/qcapsd.sock");
+    let out = common::qcapsd(&["query", "--socket", sock.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The metrics-only port does not serve the query API.
+    let r = raw_http(
+        metrics,
+        b"GET /v1/emulators HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 404);
+    stop.cancel();
+    t.join().unwrap().unwrap();
 }
 
 #[test]
@@ -457,25 +493,61 @@ fn query_of_an_unreachable_agent_exits_69_naming_the_address() {
 }
 
 #[test]
-fn slow_clients_are_dropped_and_connections_are_limited() {
-    let s = setup("http:\n  header_read_timeout: 300ms\n  max_connections: 1\n");
-    let port = s.agent.port;
+fn a_client_that_never_finishes_its_head_is_dropped() {
+    let s = setup("http:\n  header_read_timeout: 300ms\n");
     // Slowloris: half a request line, then nothing. The server hangs up.
-    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", s.agent.port)).unwrap();
     slow.write_all(b"GET /healthz HT").unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let mut buf = Vec::new();
     let n = slow.read_to_end(&mut buf);
     assert!(n.is_ok(), "closed by the server, not by our timeout: {n:?}");
-    // With one connection allowed, an idle one holds the only slot until
-    // the header timeout frees it; the next client is then served.
-    let _idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let r = raw_http(
-        port,
-        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+}
+
+#[test]
+fn connections_beyond_the_limit_wait_until_a_slot_is_free() {
+    // Long timeouts: only the limit can hold the second client back.
+    let s = setup("http:\n  max_connections: 1\n  header_read_timeout: 60s\n  idle_timeout: 60s\n");
+    let port = s.agent.port;
+    // An idle connection holds the only slot.
+    let idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // A second client connects (the kernel's backlog) and asks; while the
+    // slot is held it gets no answer.
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let held = second.read(&mut buf);
+    assert!(
+        matches!(&held, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "answered while the only slot was held: {held:?}"
     );
-    assert_eq!(r.status, 200);
+    // The slot frees: the waiting client is served.
+    drop(idle);
+    second.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut rest = Vec::new();
+    second.read_to_end(&mut rest).unwrap();
+    assert!(rest.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&rest));
+}
+
+#[test]
+fn forced_probes_are_rate_limited_with_retry_after() {
+    let s = setup("forced_probe_interval: 1h\n");
+    let a = &s.agent;
+    let first = a.request("POST", "/v1/emulators/x86_64/revalidate", &[]);
+    assert_eq!(first.status, 202);
+    common::poll_until(|| a.get("/v1/emulators").json()[0]["state"] == "fresh");
+    let again = a.request("POST", "/v1/emulators/x86_64/revalidate", &[]);
+    assert_eq!(again.status, 429, "{}", again.text());
+    let wait: u64 = again.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait > 3500 && wait <= 3600, "{wait}");
+    assert_eq!(again.json()["state"], "fresh");
+    assert_eq!(count(&s.x86_count), 2, "start and the one forced probe");
 }
 
 #[test]
@@ -488,10 +560,10 @@ fn a_request_waiting_on_a_slow_probe_gets_503_and_the_probe_goes_on() {
         ".slow",
         &format!(
             "sleep 2\nexec '{}'",
-            counting_emulator(
+            common::counting_emulator(
                 s.x86.parent().unwrap(),
                 ".slow-inner",
-                &transcript("caps_9.1.0_x86_64.replies"),
+                &common::transcript("caps_9.1.0_x86_64.replies"),
                 &s.x86_count
             )
             .display()

@@ -2,9 +2,7 @@
 //! verdicts, the dashboard's queries, and a real Prometheus scraping a
 //! running agent while a stand-in emulator keeps changing.
 
-use crate::common::{
-    self, AgentProc, count, counting_emulator, metric, raw_http, require_tool, transcript,
-};
+use crate::common::{self, Http, InProcess, count, metric, raw_http, rename_upgrade, require_tool};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,10 +12,10 @@ fn repo(rel: &str) -> PathBuf {
 }
 
 struct Scene {
-    dir: tempfile::TempDir,
-    agent: AgentProc,
+    agent: InProcess,
     x86: PathBuf,
     x86_count: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 /// An agent over a good x86_64 stand-in and a broken one.
@@ -33,7 +31,7 @@ fn scene() -> Scene {
         "qemu-system-broken",
         "echo 'broken' >&2\nexit 1",
     );
-    let agent = AgentProc::start(
+    let agent = InProcess::start(
         dir.path(),
         &format!(
             "revalidate_interval: 1h\nemulators:\n  - path: {}\n    name: x86_64\n  - path: {}\n    name: broken\n",
@@ -42,21 +40,11 @@ fn scene() -> Scene {
         ),
     );
     Scene {
-        dir,
         agent,
         x86,
         x86_count,
+        dir,
     }
-}
-
-fn upgrade(x86: &Path, to: &str, count_file: &Path) {
-    let staged = counting_emulator(
-        x86.parent().unwrap(),
-        ".staged",
-        &transcript(to),
-        count_file,
-    );
-    std::fs::rename(staged, x86).unwrap();
 }
 
 #[test]
@@ -71,7 +59,7 @@ fn counters_move_exactly_with_queries_and_probes() {
     // inotify also wakes the revalidator; should it have finished the
     // re-probe first (a very slow test machine), that lookup is a hit. The
     // response says which, and the counts must agree with it exactly.
-    upgrade(&s.x86, "caps_10.0.0_x86_64.replies", &s.x86_count);
+    rename_upgrade(&s.x86, "caps_10.0.0_x86_64.replies", &s.x86_count);
     let first = a.get("/v1/emulators/x86_64");
     assert_eq!(first.status, 200);
     let misses = match first.header("qcapsd-cache") {
@@ -170,7 +158,6 @@ fn counters_move_exactly_with_queries_and_probes() {
     assert!(m.contains("process_resident_memory_bytes"));
     // Labels are bounded by the config: no machine, CPU or device names.
     assert!(!m.contains("pc-i440fx") && !m.contains("Haswell") && !m.contains("virtio-blk"));
-    drop(s.dir);
 }
 
 #[test]
@@ -323,7 +310,7 @@ fn dashboard_is_valid_its_queries_parse_and_use_only_live_metrics() {
     // Every metric it uses is on a live agent's /metrics.
     let s = scene();
     s.agent.get("/v1/emulators/x86_64");
-    upgrade(&s.x86, "caps_10.0.0_x86_64.replies", &s.x86_count);
+    rename_upgrade(&s.x86, "caps_10.0.0_x86_64.replies", &s.x86_count);
     s.agent.get("/v1/emulators/x86_64");
     let live = s.agent.get("/metrics").text();
     let rules = std::fs::read_to_string(repo("deploy/prometheus/qcapsd.rules.yml")).unwrap();
@@ -485,7 +472,7 @@ fn real_prometheus_records_the_hit_ratio_and_the_miss_alert_fires_then_resolves(
     let versions = ["caps_10.0.0_x86_64.replies", "caps_9.1.0_x86_64.replies"];
     let mut fired = false;
     for i in 0..400 {
-        upgrade(&s.x86, versions[i % 2], &s.x86_count);
+        rename_upgrade(&s.x86, versions[i % 2], &s.x86_count);
         s.agent.get("/v1/emulators/x86_64");
         if prom.alert_state("QcapsdCacheMissesSustained").as_deref() == Some("firing") {
             fired = true;

@@ -102,13 +102,11 @@ async fn monitor_closed_in_the_middle_names_the_command() {
             "echo '{GREETING}'\nread line\necho '{{\"return\": {{}}, \"id\": \"qcapsd-1\"}}'\nread line\nexit 0"
         ),
     );
+    // Whether QEMU's end shows up as a broken pipe on our write or as the
+    // end of the stream on our read, the error is the same.
     let e = probe_err(&bin).await;
     assert!(
-        e.contains("monitor closed") || e.contains("Broken pipe"),
-        "{e}"
-    );
-    assert!(
-        e.contains("query-version") || e.contains("Broken pipe"),
+        e.contains("monitor closed (waiting for the reply to query-version)"),
         "{e}"
     );
 }

@@ -1,0 +1,79 @@
+//! Real binaries and processes: QEMU, external tools, the qcapsd binary,
+//! and whether a process is still alive.
+
+use std::path::{Path, PathBuf};
+
+/// A real QEMU binary, or `None` (the test then skips) unless
+/// `QCAPSD_REQUIRE_QEMU=1`, where a missing binary fails the test.
+pub fn real_qemu(name: &str) -> Option<PathBuf> {
+    let found = ["/usr/bin", "/usr/local/bin", "/usr/libexec"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists());
+    if found.is_none() {
+        if std::env::var("QCAPSD_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("{name} not found and QCAPSD_REQUIRE_QEMU=1 (run .ci/install-deps)");
+        }
+        eprintln!("skipping: {name} not installed");
+    }
+    found
+}
+
+/// Whether this process can open /dev/kvm read-write, the way QEMU would.
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// PIDs listed, one per line, in a file a stand-in wrote.
+pub fn read_pids(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether `pid` is a live process (a zombie left to init counts as gone:
+/// it runs nothing and is not ours to reap; one whose parent is this test
+/// process counts as alive, because then we failed to reap it).
+pub fn process_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the command name: state ppid ...
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+    let mut f = after.split_whitespace();
+    let state = f.next().unwrap_or("");
+    let ppid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    state != "Z" || ppid == std::process::id()
+}
+
+/// An external tool on PATH, or `None` (the test then skips) unless
+/// `QCAPSD_REQUIRE_QEMU=1` (CI), where a missing tool fails the test.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("QCAPSD_REQUIRE_QEMU").as_deref() == Ok("1") {
+            panic!("{name} not found and QCAPSD_REQUIRE_QEMU=1 (run .ci/install-deps)");
+        }
+        eprintln!("skipping: {name} not installed");
+    }
+    found
+}
+
+/// Runs the `qcapsd` binary with `args` and collects its output.
+pub fn qcapsd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
