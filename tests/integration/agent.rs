@@ -3,9 +3,7 @@
 //! changes and exactly one when something does, across restarts, signals
 //! and reloads.
 
-use crate::common::{
-    self, AgentProc, Http, count, counting_emulator, rename_upgrade, transcript,
-};
+use crate::common::{self, AgentProc, Http, count, counting_emulator, rename_upgrade, transcript};
 use rustix::process::Signal;
 use std::path::{Path, PathBuf};
 
@@ -393,7 +391,10 @@ fn sighup_reloads_added_and_removed_emulators() {
     let refused = "qcapsd_config_reloads_total{result=\"failure\"}";
     common::poll_until(|| agent.metric(refused) == Some(1.0));
     assert_eq!(agent.metric(refused), Some(1.0));
-    assert_eq!(agent.metric("qcapsd_config_last_reload_successful"), Some(0.0));
+    assert_eq!(
+        agent.metric("qcapsd_config_last_reload_successful"),
+        Some(0.0)
+    );
     assert_eq!(agent.get("/v1/emulators/aarch64").status, 200);
     assert_eq!(agent.get("/healthz").status, 200);
     assert!(agent.log_text().contains("config reload refused"));

@@ -61,7 +61,10 @@ fn every_route_answers() {
     assert_eq!(doc.header("content-type"), Some("application/json"));
     let doc = doc.json();
     assert_eq!(doc["schema_version"], 2);
-    assert_eq!(doc["devices_source"], "qom-list-types", "not recorded by libvirt");
+    assert_eq!(
+        doc["devices_source"], "qom-list-types",
+        "not recorded by libvirt"
+    );
     assert_eq!(doc["probe"]["execs"], 1);
     assert!(doc["cache"]["fingerprint"]["binary"]["ino"].is_u64());
     let machines = a.get("/v1/emulators/x86_64/machines").json();
@@ -372,7 +375,11 @@ fn listen_null_serves_the_query_api_on_the_unix_socket_only() {
     assert!(common::wait_ready(metrics));
     let sock = dir.path().join("run/qcapsd.sock");
     let out = common::qcapsd(&["query", "--socket", sock.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The metrics-only port does not serve the query API.
     let r = raw_http(
         metrics,
@@ -529,10 +536,16 @@ fn connections_beyond_the_limit_wait_until_a_slot_is_free() {
     );
     // The slot frees: the waiting client is served.
     drop(idle);
-    second.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut rest = Vec::new();
     second.read_to_end(&mut rest).unwrap();
-    assert!(rest.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        rest.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
 }
 
 #[test]

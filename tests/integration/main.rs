@@ -9,6 +9,7 @@ mod agent;
 mod api;
 mod common;
 mod deploy;
+mod faults;
 mod observability;
 mod probe_faults;
 mod probe_real;

@@ -107,4 +107,3 @@ impl Drop for AgentProc {
         let _ = self.child.wait();
     }
 }
-

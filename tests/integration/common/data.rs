@@ -53,4 +53,3 @@ pub fn schema_commands_of(transcript: &Path) -> Vec<String> {
     names.dedup();
     names
 }
-

@@ -1,7 +1,5 @@
 //! HTTP as a test sees it: raw requests, parsed answers, metric samples.
 
-
-
 /// A free TCP port on loopback (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -103,7 +101,6 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         })
         .and_then(|v| v.trim().parse().ok())
 }
-
 
 /// What every agent under test answers: requests by port.
 pub trait Http {

@@ -80,4 +80,3 @@ fn unescape(s: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&amp;", "&")
 }
-

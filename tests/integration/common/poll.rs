@@ -1,7 +1,5 @@
 //! Waiting for a condition, with a bound.
 
-
-
 /// Polls `cond` every 25 ms until it holds, for at most 20 s (a condition
 /// with a bound, not a timing); returns whether it held. Callers assert
 /// the state they need right after.

@@ -76,4 +76,3 @@ pub fn qcapsd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
         .output()
         .unwrap()
 }
-

@@ -100,7 +100,6 @@ pub fn stand_in(dir: &Path, name: &str, transcript_file: &str) -> (PathBuf, Path
     (path, count_file)
 }
 
-
 /// Replaces the stand-in at `path` the way a package upgrade does: a new
 /// file (replaying `new_transcript`, counting into `count_file`) renamed
 /// over the old one.
