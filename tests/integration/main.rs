@@ -10,6 +10,7 @@ mod api;
 mod common;
 mod deploy;
 mod faults;
+mod golden;
 mod observability;
 mod probe_faults;
 mod probe_real;

@@ -522,3 +522,51 @@ fn time_compression_only_touches_durations() {
         "numbers elsewhere untouched"
     );
 }
+
+/// Series on /metrics after a typical workload: every emulator queried,
+/// the list, the host, health checks, a scrape.
+fn series_count(emulators: usize) -> usize {
+    let d = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("emulators:\n");
+    let (bin, _) = common::stand_in(
+        d.path(),
+        "qemu-system-aarch64",
+        "caps_8.2.0_aarch64.replies",
+    );
+    for i in 0..emulators {
+        let link = d.path().join(format!("bin/qemu-{i}"));
+        std::os::unix::fs::symlink(&bin, &link).unwrap();
+        yaml += &format!("  - path: {}\n", link.display());
+    }
+    let agent = InProcess::start(d.path(), &format!("probe_concurrency: 4\n{yaml}"));
+    for i in 0..emulators {
+        for part in ["", "/machines", "/cpu-models", "/devices", "/commands"] {
+            assert_eq!(
+                agent.get(&format!("/v1/emulators/qemu-{i}{part}")).status,
+                200
+            );
+        }
+    }
+    for path in ["/v1/emulators", "/v1/host", "/healthz", "/metrics"] {
+        assert_eq!(agent.get(path).status, 200);
+    }
+    agent
+        .get("/metrics")
+        .text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count()
+}
+
+#[test]
+fn series_stay_within_40_per_emulator_plus_150() {
+    for n in [2, 30] {
+        let series = series_count(n);
+        eprintln!("{n} emulators: {series} series");
+        assert!(
+            series <= 40 * n + 150,
+            "{n} emulators: {series} series, budget {}",
+            40 * n + 150
+        );
+    }
+}
