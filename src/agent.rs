@@ -273,12 +273,7 @@ impl Agent {
         ]);
         HostDoc {
             host_root: host.root().display().to_string(),
-            kernel_release: c.kernel_release.clone(),
-            cpu_signature: c.cpu_signature.clone(),
-            microcode: c.microcode.clone(),
-            cpuid: c.cpuid.clone(),
-            kvm_nested: c.kvm_nested.clone(),
-            secure_guest: c.secure_guest.clone(),
+            facts: (*c).clone(),
             kvm: KvmDoc {
                 device: at("/dev/kvm"),
                 usable: host.kvm_usable(),

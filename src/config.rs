@@ -345,7 +345,7 @@ macro_rules! from_str_visitor {
                         f.write_str($expecting)
                     }
                     fn visit_str<E: de::Error>(self, s: &str) -> Result<$ty, E> {
-                        let parse: fn(&str) -> Result<$ty, String> = $parse;
+                        let parse: fn(&str) -> Result<$ty, ValueError> = $parse;
                         parse(s).map_err(E::custom)
                     }
                 }
@@ -355,11 +355,28 @@ macro_rules! from_str_visitor {
     };
 }
 
+/// Why a config value is refused (the YAML library adds key and line).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValueError {
+    #[error("empty path")]
+    EmptyPath,
+    #[error("path '{0}' must be absolute")]
+    RelativePath(String),
+    #[error("bad device name '{0}'")]
+    DeviceName(String),
+    #[error("glob '{0}' must be an absolute path pattern")]
+    RelativeGlob(String),
+    #[error("glob '{0}': wildcards go in the last path component only")]
+    WildDirectory(String),
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+}
+
 from_str_visitor!(AbsPath, "an absolute path", |s| {
     if s.is_empty() {
-        Err("empty path".to_owned())
+        Err(ValueError::EmptyPath)
     } else if !s.starts_with('/') {
-        Err(format!("path '{s}' must be absolute"))
+        Err(ValueError::RelativePath(s.to_owned()))
     } else {
         Ok(AbsPath(PathBuf::from(s)))
     }
@@ -376,9 +393,9 @@ impl std::ops::Deref for Period {
     }
 }
 
-from_str_visitor!(Period, "a duration such as 30s", |s| parse_duration(s)
-    .map(Period)
-    .map_err(|e| e.to_string()));
+from_str_visitor!(Period, "a duration such as 30s", |s| Ok(Period(
+    parse_duration(s)?
+)));
 
 /// A device type name for `device_properties`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,7 +403,7 @@ pub struct DeviceName(pub String);
 
 from_str_visitor!(DeviceName, "a device type name", |s| {
     if s.is_empty() || s.len() > limits::MAX_DEVICE_NAME || s.chars().any(char::is_control) {
-        Err(format!("bad device name '{s}'"))
+        Err(ValueError::DeviceName(s.to_owned()))
     } else {
         Ok(DeviceName(s.to_owned()))
     }
@@ -402,11 +419,9 @@ from_str_visitor!(GlobPattern, "an absolute glob pattern", |s| {
         .parent()
         .is_some_and(|d| d.to_string_lossy().contains(['*', '?']));
     if !s.starts_with('/') {
-        Err(format!("glob '{s}' must be an absolute path pattern"))
+        Err(ValueError::RelativeGlob(s.to_owned()))
     } else if wild_dir || p.file_name().is_none() {
-        Err(format!(
-            "glob '{s}': wildcards go in the last path component only"
-        ))
+        Err(ValueError::WildDirectory(s.to_owned()))
     } else {
         Ok(GlobPattern(s.to_owned()))
     }
@@ -644,6 +659,15 @@ mod tests {
         Config::parse(text).unwrap_err().to_string()
     }
 
+    /// The error of `text` says `what` at `line`.
+    fn says_at(text: &str, what: &str, line: usize) {
+        let e = err(text);
+        assert!(
+            e.contains(what) && e.contains(&format!("line {line} ")),
+            "{e}"
+        );
+    }
+
     #[test]
     fn empty_text_is_the_default() {
         let c = Config::parse("").unwrap();
@@ -683,10 +707,19 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let e = err("listen: 127.0.0.1:1\nlisten_port: 9\n");
-        assert!(e.contains("listen_port") && e.contains("line 2"), "{e}");
-        let e = err("http:\n  max_conections: 9\n");
-        assert!(e.contains("max_conections") && e.contains("line 2"), "{e}");
+        says_at("listen: 127.0.0.1:1\nlisten_port: 9\n", "listen_port", 2);
+        says_at("http:\n  max_conections: 9\n", "max_conections", 2);
+    }
+
+    /// The error of `text` names `key` first, says `what`, and gives `line`.
+    fn refused(text: &str, key: &str, what: &str, line: usize) {
+        let e = err(text);
+        assert!(
+            e.starts_with(&format!("{key}: "))
+                && e.contains(what)
+                && e.contains(&format!("line {line} ")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -695,22 +728,19 @@ mod tests {
             err("probe_timeout: 30\n"),
             "probe_timeout: bad duration '30': write an integer and a unit (ms, s, m, h), e.g. 30s at line 1 column 16"
         );
-        let e = err("cache_dir: /x\nrevalidate_interval: 0s\n");
-        assert!(
-            e.starts_with("revalidate_interval: ")
-                && e.contains("more than zero")
-                && e.contains("line 2"),
-            "{e}"
+        refused(
+            "cache_dir: /x\nrevalidate_interval: 0s\n",
+            "revalidate_interval",
+            "more than zero",
+            2,
         );
-        let e = err("cache_dir: /x\nhttp:\n  write_timeout: 99999999h\n");
-        assert!(
-            e.starts_with("http.write_timeout: ")
-                && e.contains("longer than a year")
-                && e.contains("line 3"),
-            "{e}"
+        refused(
+            "cache_dir: /x\nhttp:\n  write_timeout: 99999999h\n",
+            "http.write_timeout",
+            "longer than a year",
+            3,
         );
-        let e = err("listen: 127.0.0.1\n");
-        assert!(e.starts_with("listen: ") && e.contains("line 1"), "{e}");
+        refused("listen: 127.0.0.1\n", "listen", "invalid", 1);
     }
 
     #[test]
@@ -724,29 +754,22 @@ mod tests {
             e.starts_with("revalidate_interval:") && e.contains("line 3"),
             "{e}"
         );
-        let e = err(
+        says_at(
             "emulators:\n  - path: /a/x\n    name: p\n  - path: /b/r\n    name: x\n  - path: /c/r2\n    name: x\n",
-        );
-        assert!(
-            e.contains("duplicate name 'x'") && e.contains("line 7"),
-            "{e}"
+            "duplicate name 'x'",
+            7,
         );
     }
 
     #[test]
     fn relative_paths_are_refused() {
-        let e = err("cache_dir: cache\n");
-        assert!(
-            e.contains("must be absolute") && e.contains("line 1"),
-            "{e}"
+        says_at("cache_dir: cache\n", "must be absolute", 1);
+        says_at(
+            "emulators:\n  - path: qemu-system-x86_64\n",
+            "must be absolute",
+            2,
         );
-        let e = err("emulators:\n  - path: qemu-system-x86_64\n");
-        assert!(
-            e.contains("must be absolute") && e.contains("line 2"),
-            "{e}"
-        );
-        let e = err("emulators:\n  - glob: qemu-*\n");
-        assert!(e.contains("absolute") && e.contains("line 2"), "{e}");
+        says_at("emulators:\n  - glob: qemu-*\n", "absolute", 2);
         let e = err("emulators:\n  - glob: /usr/*/qemu\n");
         assert!(e.contains("last path component"), "{e}");
     }
@@ -761,10 +784,10 @@ mod tests {
                 && e.contains("line 3"),
             "{e}"
         );
-        let e = err("emulators:\n  - path: /a/q\n    name: x\n  - path: /b/r\n    name: x\n");
-        assert!(
-            e.contains("duplicate name 'x'") && e.contains("line 5"),
-            "{e}"
+        says_at(
+            "emulators:\n  - path: /a/q\n    name: x\n  - path: /b/r\n    name: x\n",
+            "duplicate name 'x'",
+            5,
         );
     }
 
@@ -845,10 +868,10 @@ mod tests {
 
     #[test]
     fn devices_names_are_checked() {
-        let e = err("device_properties: [virtio-blk-pci, \"\"]\n");
-        assert!(
-            e.contains("bad device name ''") && e.contains("line 1"),
-            "{e}"
+        says_at(
+            "device_properties: [virtio-blk-pci, \"\"]\n",
+            "bad device name ''",
+            1,
         );
     }
 }

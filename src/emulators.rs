@@ -126,8 +126,11 @@ pub enum CacheFileError {
 /// How probes are run; replaced as a whole on reload.
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
+    /// The accelerator probes ask for.
     pub accel: Accel,
+    /// A probe taking longer is killed.
     pub timeout: Duration,
+    /// Devices whose properties are read.
     pub devices: Vec<String>,
     /// Where QEMU modules may live (from the config).
     pub module_dir_candidates: Vec<PathBuf>,

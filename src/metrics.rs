@@ -375,6 +375,12 @@ mod tests {
         String::from_utf8(m.encode().unwrap()).unwrap()
     }
 
+    fn assert_has_all(text: &str, items: &[&str]) {
+        for item in items {
+            assert!(text.contains(item), "{item} missing from:\n{text}");
+        }
+    }
+
     #[test]
     fn every_contract_metric_is_registered() {
         let m = Metrics::register().unwrap();
@@ -392,48 +398,48 @@ mod tests {
         m.http_duration
             .with_label_values(&["/healthz", "200"])
             .observe(0.0001);
-        let text = text(&m);
-        for name in [
-            "qcapsd_probes_total",
-            "qcapsd_probe_failures_total",
-            "qcapsd_exec_duration_seconds_bucket",
-            "qcapsd_cache_lookups_total",
-            "qcapsd_cache_hits_total",
-            "qcapsd_cache_misses_total",
-            "qcapsd_cache_hit_ratio 0.5",
-            "qcapsd_cache_invalidations_total",
-            "qcapsd_exec_seconds_saved_total",
-            "qcapsd_revalidations_total",
-            "qcapsd_emulator_info",
-            "qcapsd_emulator_up",
-            "qcapsd_last_probe_success_timestamp_seconds",
-            "qcapsd_last_probe_failure_timestamp_seconds",
-            "qcapsd_last_cache_miss_timestamp_seconds",
-            "qcapsd_http_requests_total",
-            "qcapsd_http_request_duration_seconds_bucket",
-            "qcapsd_build_info",
-            "qcapsd_config_reloads_total",
-            "qcapsd_config_last_reload_successful 1",
-            "process_cpu_seconds_total",
-        ] {
-            assert!(text.contains(name), "{name} missing from:\n{text}");
-        }
+        assert_has_all(
+            &text(&m),
+            &[
+                "qcapsd_probes_total",
+                "qcapsd_probe_failures_total",
+                "qcapsd_exec_duration_seconds_bucket",
+                "qcapsd_cache_lookups_total",
+                "qcapsd_cache_hits_total",
+                "qcapsd_cache_misses_total",
+                "qcapsd_cache_hit_ratio 0.5",
+                "qcapsd_cache_invalidations_total",
+                "qcapsd_exec_seconds_saved_total",
+                "qcapsd_revalidations_total",
+                "qcapsd_emulator_info",
+                "qcapsd_emulator_up",
+                "qcapsd_last_probe_success_timestamp_seconds",
+                "qcapsd_last_probe_failure_timestamp_seconds",
+                "qcapsd_last_cache_miss_timestamp_seconds",
+                "qcapsd_http_requests_total",
+                "qcapsd_http_request_duration_seconds_bucket",
+                "qcapsd_build_info",
+                "qcapsd_config_reloads_total",
+                "qcapsd_config_last_reload_successful 1",
+                "process_cpu_seconds_total",
+            ],
+        );
     }
 
     #[test]
     fn a_configured_emulator_is_visible_at_zero_before_any_event() {
         let m = Metrics::register().unwrap();
         m.add_emulator("e");
-        let t = text(&m);
-        for series in [
-            "qcapsd_probes_total{emulator=\"e\"} 0",
-            "qcapsd_probe_failures_total{emulator=\"e\",reason=\"timeout\"} 0",
-            "qcapsd_last_probe_failure_timestamp_seconds{emulator=\"e\"} 0",
-            "qcapsd_last_cache_miss_timestamp_seconds{emulator=\"e\"} 0",
-            "qcapsd_exec_duration_seconds_count{emulator=\"e\"} 0",
-        ] {
-            assert!(t.contains(series), "{series} missing from:\n{t}");
-        }
+        assert_has_all(
+            &text(&m),
+            &[
+                "qcapsd_probes_total{emulator=\"e\"} 0",
+                "qcapsd_probe_failures_total{emulator=\"e\",reason=\"timeout\"} 0",
+                "qcapsd_last_probe_failure_timestamp_seconds{emulator=\"e\"} 0",
+                "qcapsd_last_cache_miss_timestamp_seconds{emulator=\"e\"} 0",
+                "qcapsd_exec_duration_seconds_count{emulator=\"e\"} 0",
+            ],
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! to read them, and by the OpenAPI description to describe them.
 
 use crate::cache::State;
-use crate::qemu::fingerprint::SecureGuest;
+use crate::qemu::fingerprint::HostContext;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,10 +13,14 @@ use std::collections::BTreeMap;
 pub struct EmulatorRow {
     /// The configured name (the key in every URL).
     pub name: String,
+    /// The binary's path as configured.
     pub path: String,
-    /// From the last successful probe.
+    /// The guest architecture, from the last successful probe.
     pub arch: Option<String>,
+    /// QEMU's version, from the last successful probe.
     pub version: Option<String>,
+    /// `pending` (not probed yet), `fresh`, `probing`, `failed` or
+    /// `missing`.
     pub state: State,
     /// When the capabilities served were probed (RFC 3339).
     pub probed_at: Option<String>,
@@ -31,7 +35,9 @@ pub struct EmulatorRow {
 /// Every error answer: `{"error": "...", "status": N}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
+    /// What went wrong, in one line.
     pub error: String,
+    /// The HTTP status code, again.
     pub status: u16,
     /// The emulator's state, where the error is about one (e.g. a forced
     /// probe refused by the rate limit).
@@ -42,13 +48,16 @@ pub struct ErrorBody {
 /// The answer to `POST /v1/emulators/{name}/revalidate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Revalidating {
+    /// The emulator.
     pub name: String,
+    /// Its state right after (`probing` unless it is missing).
     pub state: State,
 }
 
 /// `GET /healthz` and `GET /readyz` when healthy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
     pub status: String,
 }
 
@@ -58,12 +67,10 @@ pub struct Health {
 pub struct HostDoc {
     /// The root below which the fingerprint's facts are read.
     pub host_root: String,
-    pub kernel_release: String,
-    pub cpu_signature: String,
-    pub microcode: Option<String>,
-    pub cpuid: Option<String>,
-    pub kvm_nested: Option<String>,
-    pub secure_guest: SecureGuest,
+    /// The facts, as the revalidator last read them.
+    #[serde(flatten)]
+    pub facts: HostContext,
+    /// Whether probes can use KVM.
     pub kvm: KvmDoc,
     /// Where each fingerprint fact above was read (paths below
     /// `host_root`).
@@ -73,8 +80,10 @@ pub struct HostDoc {
     pub system: SystemFacts,
 }
 
+/// `/dev/kvm` as the agent sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KvmDoc {
+    /// The device node, below `host_root`.
     pub device: String,
     /// Whether the agent (and so every probe) may open it read-write.
     pub usable: bool,
@@ -83,9 +92,13 @@ pub struct KvmDoc {
 /// CPU brand and count, memory and host name, read once at start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SystemFacts {
+    /// The host name.
     pub hostname: Option<String>,
+    /// The first CPU's brand string.
     pub cpu_brand: Option<String>,
+    /// Logical CPUs.
     pub cpus: usize,
+    /// Total memory.
     pub memory_bytes: u64,
 }
 

@@ -73,7 +73,7 @@ impl Ctx {
 
 /// The full query API.
 pub fn router(ctx: Ctx, _limits: &HttpLimits) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(index))
         .route("/v1/emulators", get(list))
         .route("/v1/emulators/{name}", part_route(|r| &r.full))
@@ -89,20 +89,23 @@ pub fn router(ctx: Ctx, _limits: &HttpLimits) -> Router {
         .route("/v1/host", get(host))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(ctx.clone(), limit_body))
-        .layer(middleware::from_fn_with_state(ctx.clone(), observe))
-        .with_state(ctx)
+        .route("/metrics", get(metrics));
+    finish(routes, ctx)
 }
 
 /// Only `/metrics` and the health checks, for `metrics_listen`.
 pub fn metrics_router(ctx: Ctx) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    finish(routes, ctx)
+}
+
+/// What every router shares: JSON 404 and 405, the body limit, request
+/// metrics.
+fn finish(routes: Router<Ctx>, ctx: Ctx) -> Router {
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(ctx.clone(), limit_body))

@@ -579,30 +579,32 @@ impl<H: Handler> Cache<H> {
             }
         };
         let Some(data) = data else { return };
-        let written = match self.handler.save_file(key, &data) {
-            Ok(bytes) => {
-                let (store, k) = (self.store.clone(), key.to_owned());
-                tokio::task::spawn_blocking(move || store.write(&k, &bytes))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
+        let dir = self.store.dir().display().to_string();
+        let bytes = match self.handler.save_file(key, &data) {
+            Ok(b) => b,
+            Err(error) => {
+                tracing::warn!(key, %error, "cannot encode the cache file; serving from memory");
+                return;
             }
-            Err(e) => Err(e.to_string()),
         };
-        match written {
-            Ok(()) => {
+        let (store, k) = (self.store.clone(), key.to_owned());
+        match tokio::task::spawn_blocking(move || store.write(&k, &bytes)).await {
+            Ok(Ok(())) => {
                 if let Some(slot) = self.lock().get_mut(key) {
                     if slot.data.as_ref().is_some_and(|d| Arc::ptr_eq(d, &data)) {
                         slot.unsaved = false;
                     }
                 }
             }
-            Err(e) => tracing::warn!(
+            Ok(Err(error)) => tracing::warn!(
                 key,
-                dir = %self.store.dir().display(),
-                error = %e,
+                dir,
+                %error,
                 "cannot write cache file; serving from memory, will retry"
             ),
+            Err(error) => {
+                tracing::warn!(key, %error, "cache file write did not complete; will retry")
+            }
         }
     }
 

@@ -148,23 +148,33 @@ mod tests {
 
     type TestSlot = Slot<u64, u64>;
 
-    fn data(stamp: u64) -> Option<Arc<u64>> {
-        Some(Arc::new(stamp))
-    }
-
-    fn failure(stamp: u64, retry_in: i64, base: Instant) -> Option<Failure<u64>> {
-        let retry_at = if retry_in >= 0 {
-            base + Duration::from_secs(retry_in as u64)
-        } else {
-            base - Duration::from_secs((-retry_in) as u64)
-        };
-        Some(Failure {
-            error: Arc::from("boom"),
-            stamp,
-            attempts: 1,
-            retry_at,
-            at: SystemTime::UNIX_EPOCH,
-        })
+    /// A slot with data made under `data`, a failure under `failed`
+    /// (stamp, seconds until its retry, negative when past), a flight under
+    /// `flying`, and `absent`.
+    fn slot(
+        data: Option<u64>,
+        failed: Option<(u64, i64)>,
+        flying: Option<u64>,
+        absent: Option<Absent>,
+        base: Instant,
+    ) -> TestSlot {
+        let failure = failed.map(|(stamp, retry_in)| {
+            let d = Duration::from_secs(retry_in.unsigned_abs());
+            Failure {
+                error: Arc::from("boom"),
+                stamp,
+                attempts: 1,
+                retry_at: if retry_in >= 0 { base + d } else { base - d },
+                at: SystemTime::UNIX_EPOCH,
+            }
+        });
+        Slot {
+            data: data.map(Arc::new),
+            failure,
+            flight: flying.map(Flight::test),
+            absent,
+            ..Slot::new()
+        }
     }
 
     fn why(old: &u64, new: &u64) -> &'static str {
@@ -188,191 +198,36 @@ mod tests {
             reason,
             invalidated,
         };
-        let missing = Err(Absent::Missing);
+        let gone = Some(Absent::Missing);
+        let missing = || Err(Absent::Missing);
+        let unreadable = Err(Absent::Inaccessible(Arc::from("permission denied")));
+        let s = |d, f, fl, a| slot(d, f, fl, a, t);
+        #[rustfmt::skip]
         let cases: Vec<(&str, TestSlot, Result<u64, Absent>, Verdict)> = vec![
-            ("never seen", Slot::new(), Ok(10), refresh("cold", false)),
-            (
-                "valid data",
-                Slot {
-                    data: data(10),
-                    ..Slot::new()
-                },
-                Ok(10),
-                Verdict::Hit,
-            ),
-            (
-                "binary replaced",
-                Slot {
-                    data: data(10),
-                    ..Slot::new()
-                },
-                Ok(20),
-                refresh("binary_changed", true),
-            ),
-            (
-                "module directory changed",
-                Slot {
-                    data: data(10),
-                    ..Slot::new()
-                },
-                Ok(11),
-                refresh("modules_changed", true),
-            ),
-            (
-                "valid data with an old failure recorded is a hit",
-                Slot {
-                    data: data(10),
-                    failure: failure(20, 60, t),
-                    ..Slot::new()
-                },
-                Ok(10),
-                Verdict::Hit,
-            ),
-            (
-                "valid data, a forced refresh under the same stamp failed",
-                Slot {
-                    data: data(10),
-                    failure: failure(10, 60, t),
-                    ..Slot::new()
-                },
-                Ok(10),
-                Verdict::Hit,
-            ),
-            (
-                "failed under this stamp, backing off",
-                Slot {
-                    data: data(10),
-                    failure: failure(20, 60, t),
-                    ..Slot::new()
-                },
-                Ok(20),
-                Verdict::BackingOff,
-            ),
-            (
-                "failed under this stamp, no data, backing off",
-                Slot {
-                    failure: failure(20, 60, t),
-                    ..Slot::new()
-                },
-                Ok(20),
-                Verdict::BackingOff,
-            ),
-            (
-                "failed under this stamp, backoff over",
-                Slot {
-                    data: data(10),
-                    failure: failure(20, -1, t),
-                    ..Slot::new()
-                },
-                Ok(20),
-                refresh("retry", false),
-            ),
-            (
-                "failed, then the source changed again",
-                Slot {
-                    data: data(10),
-                    failure: failure(20, 60, t),
-                    ..Slot::new()
-                },
-                Ok(30),
-                refresh("binary_changed", true),
-            ),
-            (
-                "failed before any data, then changed",
-                Slot {
-                    failure: failure(20, 60, t),
-                    ..Slot::new()
-                },
-                Ok(21),
-                refresh("modules_changed", true),
-            ),
-            (
-                "refresh in flight under the same stamp",
-                Slot {
-                    data: data(10),
-                    flight: Some(Flight::test(20)),
-                    ..Slot::new()
-                },
-                Ok(20),
-                Verdict::Join,
-            ),
-            (
-                "refresh in flight, but the source changed since it started",
-                Slot {
-                    data: data(10),
-                    flight: Some(Flight::test(20)),
-                    ..Slot::new()
-                },
-                Ok(30),
-                refresh("binary_changed", true),
-            ),
-            (
-                "forced refresh in flight while the data is valid",
-                Slot {
-                    data: data(10),
-                    flight: Some(Flight::test(10)),
-                    ..Slot::new()
-                },
-                Ok(10),
-                Verdict::Hit,
-            ),
-            (
-                "gone",
-                Slot {
-                    data: data(10),
-                    ..Slot::new()
-                },
-                missing.clone(),
-                Verdict::Absent { newly: true },
-            ),
-            (
-                "still gone",
-                Slot {
-                    data: data(10),
-                    absent: Some(Absent::Missing),
-                    ..Slot::new()
-                },
-                missing.clone(),
-                Verdict::Absent { newly: false },
-            ),
-            (
-                "gone, then unreadable",
-                Slot {
-                    absent: Some(Absent::Missing),
-                    ..Slot::new()
-                },
-                Err(Absent::Inaccessible(Arc::from("permission denied"))),
-                Verdict::Absent { newly: true },
-            ),
-            (
-                "back, replaced",
-                Slot {
-                    data: data(10),
-                    absent: Some(Absent::Missing),
-                    ..Slot::new()
-                },
-                Ok(20),
-                refresh("reappeared", false),
-            ),
-            (
-                "back before it was ever probed",
-                Slot {
-                    absent: Some(Absent::Missing),
-                    ..Slot::new()
-                },
-                Ok(20),
-                refresh("reappeared", false),
-            ),
-            (
-                "back unchanged",
-                Slot {
-                    data: data(10),
-                    absent: Some(Absent::Missing),
-                    ..Slot::new()
-                },
-                Ok(10),
-                Verdict::Hit,
-            ),
+            ("never seen", s(None, None, None, None), Ok(10), refresh("cold", false)),
+            ("valid data", s(Some(10), None, None, None), Ok(10), Verdict::Hit),
+            ("binary replaced", s(Some(10), None, None, None), Ok(20), refresh("binary_changed", true)),
+            ("module directory changed", s(Some(10), None, None, None), Ok(11), refresh("modules_changed", true)),
+            ("valid data with an old failure recorded is a hit",
+             s(Some(10), Some((20, 60)), None, None), Ok(10), Verdict::Hit),
+            ("valid data, a forced refresh under the same stamp failed",
+             s(Some(10), Some((10, 60)), None, None), Ok(10), Verdict::Hit),
+            ("failed under this stamp, backing off", s(Some(10), Some((20, 60)), None, None), Ok(20), Verdict::BackingOff),
+            ("failed under this stamp, no data, backing off", s(None, Some((20, 60)), None, None), Ok(20), Verdict::BackingOff),
+            ("failed under this stamp, backoff over", s(Some(10), Some((20, -1)), None, None), Ok(20), refresh("retry", false)),
+            ("failed, then the source changed again",
+             s(Some(10), Some((20, 60)), None, None), Ok(30), refresh("binary_changed", true)),
+            ("failed before any data, then changed", s(None, Some((20, 60)), None, None), Ok(21), refresh("modules_changed", true)),
+            ("refresh in flight under the same stamp", s(Some(10), None, Some(20), None), Ok(20), Verdict::Join),
+            ("refresh in flight, but the source changed since it started",
+             s(Some(10), None, Some(20), None), Ok(30), refresh("binary_changed", true)),
+            ("forced refresh in flight while the data is valid", s(Some(10), None, Some(10), None), Ok(10), Verdict::Hit),
+            ("gone", s(Some(10), None, None, None), missing(), Verdict::Absent { newly: true }),
+            ("still gone", s(Some(10), None, None, gone.clone()), missing(), Verdict::Absent { newly: false }),
+            ("gone, then unreadable", s(None, None, None, gone.clone()), unreadable, Verdict::Absent { newly: true }),
+            ("back, replaced", s(Some(10), None, None, gone.clone()), Ok(20), refresh("reappeared", false)),
+            ("back before it was ever probed", s(None, None, None, gone.clone()), Ok(20), refresh("reappeared", false)),
+            ("back unchanged", s(Some(10), None, None, gone.clone()), Ok(10), Verdict::Hit),
         ];
         for (what, slot, now, want) in cases {
             assert_eq!(classify(&slot, now, t), want, "{what}");

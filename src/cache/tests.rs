@@ -142,6 +142,22 @@ fn observed_cache_in(
     (c, fake, counts)
 }
 
+/// A lookup in a task of its own; yields the data's text.
+fn spawn_lookup(
+    c: &Arc<Cache<Fake>>,
+    key: &'static str,
+) -> tokio::task::JoinHandle<Result<String, LookupError>> {
+    let c = Arc::clone(c);
+    tokio::spawn(async move { c.lookup(key).await.map(|a| a.data.1.clone()) })
+}
+
+/// Yields until the fake has started `n` refreshes.
+async fn refreshes_reach(fake: &Fake, n: usize) {
+    while fake.count() < n {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test]
 async fn steady_state_refreshes_once_then_only_hits() {
     let d = tempfile::tempdir().unwrap();
@@ -408,23 +424,13 @@ async fn a_lookup_after_a_mid_refresh_change_never_gets_the_old_answer() {
     fake.stamp_gates.lock().unwrap().insert(2, Arc::clone(&v2));
     fake.stamp_gates.lock().unwrap().insert(3, Arc::clone(&v3));
     fake.set("a", Some(2));
-    let before = tokio::spawn({
-        let c = Arc::clone(&c);
-        async move { c.lookup("a").await.map(|a| a.data.1.clone()) }
-    });
-    while fake.count() < 2 {
-        tokio::task::yield_now().await;
-    }
+    let before = spawn_lookup(&c, "a");
+    refreshes_reach(&fake, 2).await;
     // The binary is replaced again while that probe runs: a new lookup
     // must not join it, and costs exactly one more refresh.
     fake.set("a", Some(3));
-    let after = tokio::spawn({
-        let c = Arc::clone(&c);
-        async move { c.lookup("a").await.map(|a| a.data.1.clone()) }
-    });
-    while fake.count() < 3 {
-        tokio::task::yield_now().await;
-    }
+    let after = spawn_lookup(&c, "a");
+    refreshes_reach(&fake, 3).await;
     // The newer refresh finishes first; the superseded one last.
     v3.add_permits(1);
     assert_eq!(after.await.unwrap().unwrap(), "a@3");

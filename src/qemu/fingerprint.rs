@@ -21,10 +21,15 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileStamp {
+    /// Device number of the file system.
     pub dev: u64,
+    /// Inode number (a package upgrade renames a new file in: a new inode).
     pub ino: u64,
+    /// Size in bytes.
     pub size: u64,
+    /// Last modification, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Last status change, nanoseconds since the epoch.
     pub ctime_ns: i128,
 }
 
@@ -82,6 +87,7 @@ pub struct HostContext {
     pub cpuid: Option<String>,
     /// KVM's `nested` parameter (`kvm_intel` or `kvm_amd`).
     pub kvm_nested: Option<String>,
+    /// The switches that make secure guests available.
     pub secure_guest: SecureGuest,
 }
 
@@ -89,13 +95,16 @@ pub struct HostContext {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fingerprint {
+    /// The document version the entry was probed for.
     pub schema_version: u32,
+    /// The QEMU binary.
     pub binary: FileStamp,
     /// mtime (ns) of each QEMU module directory, `None` where it is absent.
     pub module_dirs: Vec<(PathBuf, Option<i128>)>,
     /// Whether the user the agent (and so every probe) runs as may open
     /// `/dev/kvm` read-write.
     pub kvm_usable: bool,
+    /// The accelerator asked for.
     pub accel: Accel,
     /// Recorded only when the probe could use KVM. Shared with the
     /// handler's snapshot, so taking a stamp copies no strings.
@@ -533,12 +542,18 @@ mod tests {
         assert_eq!(host.kvm_usable(), expected);
     }
 
-    #[test]
-    fn fingerprint_records_host_only_when_kvm_can_be_used() {
+    /// An empty root with a binary in it.
+    fn bare_root() -> (tempfile::TempDir, PathBuf, Host) {
         let root = tempfile::tempdir().unwrap();
         let bin = root.path().join("qemu");
-        std::fs::write(&bin, "x").unwrap();
+        std::fs::write(&bin, "v1").unwrap();
         let host = Host::new(root.path());
+        (root, bin, host)
+    }
+
+    #[test]
+    fn fingerprint_records_host_only_when_kvm_can_be_used() {
+        let (root, bin, host) = bare_root();
         let ctx = Arc::new(host.context());
         let no_kvm = host.fingerprint(&bin, &[], Accel::Auto, &ctx).unwrap();
         assert!(!no_kvm.kvm_usable && no_kvm.host.is_none());
@@ -556,10 +571,7 @@ mod tests {
 
     #[test]
     fn replaced_binary_changes_the_fingerprint() {
-        let d = tempfile::tempdir().unwrap();
-        let bin = d.path().join("qemu");
-        std::fs::write(&bin, "v1").unwrap();
-        let host = Host::new(d.path());
+        let (d, bin, host) = bare_root();
         let a = fingerprint(&host, &bin);
         let new = d.path().join("qemu.new");
         std::fs::write(&new, "v2").unwrap();

@@ -173,14 +173,19 @@ pub fn cpu_models(v: &Value) -> Result<Vec<CpuModel>, ParseError> {
     Ok(out)
 }
 
-/// `qom-list-types`: the type names, sorted and without duplicates.
-pub fn type_names(v: &Value) -> Result<Vec<String>, ParseError> {
-    const C: &str = "qom-list-types";
+/// The `name` members of a list of objects, sorted and without
+/// duplicates (the shape of `qom-list-types` and `query-commands`).
+fn names(command: &'static str, v: &Value) -> Result<Vec<String>, ParseError> {
     let mut names = BTreeSet::new();
-    for entry in as_array(C, v)? {
-        names.insert(req_str(C, as_object(C, entry)?, "name")?);
+    for entry in as_array(command, v)? {
+        names.insert(req_str(command, as_object(command, entry)?, "name")?);
     }
     Ok(names.into_iter().collect())
+}
+
+/// `qom-list-types`: the type names, sorted and without duplicates.
+pub fn type_names(v: &Value) -> Result<Vec<String>, ParseError> {
+    names("qom-list-types", v)
 }
 
 /// `device-list-properties` for one device.
@@ -221,12 +226,7 @@ pub fn device_help(text: &str) -> Vec<String> {
 
 /// `query-commands`: the names of the commands QEMU accepts.
 pub fn commands(v: &Value) -> Result<Vec<String>, ParseError> {
-    const C: &str = "query-commands";
-    let mut names = BTreeSet::new();
-    for entry in as_array(C, v)? {
-        names.insert(req_str(C, as_object(C, entry)?, "name")?);
-    }
-    Ok(names.into_iter().collect())
+    names("query-commands", v)
 }
 
 #[cfg(test)]

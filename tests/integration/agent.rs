@@ -518,3 +518,14 @@ fn a_new_qemu_module_reprobes_once() {
         "{m}"
     );
 }
+
+#[test]
+fn a_log_written_to_a_file_has_no_terminal_escape_codes() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fleet(d.path());
+    // AgentProc sends stderr to a file, as a journal or a redirect would.
+    let agent = AgentProc::start(d.path(), &emulators_yaml(&f));
+    let log = agent.log_text();
+    assert!(log.contains("probed"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log}");
+}
