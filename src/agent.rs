@@ -12,7 +12,6 @@ use crate::qemu::exec::Accel;
 use crate::qemu::fingerprint::Host;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -33,8 +32,8 @@ pub struct Agent {
     /// see the per-emulator gauges half rebuilt.
     scrape: Mutex<()>,
     /// Set once the start-up pass (disk, probes, cache files written) is
-    /// over.
-    started: AtomicBool,
+    /// over; watched by the readiness notification.
+    started: tokio::sync::watch::Sender<bool>,
     /// The config in force; replaced whole by [`Agent::reload`].
     config: RwLock<Arc<Config>>,
     /// The machine the agent runs on (read once).
@@ -89,7 +88,7 @@ impl Agent {
             cache,
             metrics,
             scrape: Mutex::new(()),
-            started: AtomicBool::new(false),
+            started: tokio::sync::watch::Sender::new(false),
             config: RwLock::new(Arc::new(cfg)),
             system: SystemFacts::read(),
         }))
@@ -127,7 +126,7 @@ impl Agent {
             total - loaded
         );
         self.cache.revalidate_all().await;
-        self.started.store(true, Ordering::Release);
+        self.started.send_replace(true);
         tracing::info!(execs = self.cache.handler().counter.get(), "ready");
     }
 
@@ -198,7 +197,12 @@ impl Agent {
     /// Ready once start-up is over and every emulator has an answer
     /// (capabilities, a failure, or a missing binary).
     pub fn ready(&self) -> bool {
-        self.started.load(Ordering::Acquire) && self.cache.ready()
+        *self.started.borrow() && self.cache.ready()
+    }
+
+    /// Returns once the start-up pass is over.
+    pub async fn started(&self) {
+        let _ = self.started.subscribe().wait_for(|s| *s).await;
     }
 
     /// Every emulator as `GET /v1/emulators` lists it, sorted by name. Reads

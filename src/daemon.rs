@@ -8,7 +8,9 @@
 
 use crate::agent::{self, Agent, AgentError};
 use crate::api::{self, Ctx, Listener};
+use crate::client::Target;
 use crate::config::{Config, ConfigError};
+use crate::notify::{self, Notifier};
 use crate::qemu::exec;
 use crate::revalidate;
 use std::future::Future;
@@ -188,22 +190,31 @@ pub async fn serve(
         let stop = shutdown.clone();
         tokio::spawn(async move { revalidate::run(agent, revalidate_rx, stop).await })
     };
+    let notifier = Notifier::from_env();
+    if notifier.enabled() {
+        spawn_notifications(&agent, &notifier, &cfg, &shutdown);
+    }
 
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(loaded) = reloads.recv() => match loaded {
-                Ok(c) => match agent.reload(c) {
-                    Ok(()) => { let _ = revalidate_tx.try_send(()); }
-                    Err(e) => tracing::error!(error = %e, "config reload refused; keeping the running config"),
-                },
-                Err(e) => {
-                    agent.reload_refused();
-                    tracing::error!(error = %e, "config reload refused; keeping the running config");
+            Some(loaded) = reloads.recv() => {
+                notifier.reloading();
+                match loaded {
+                    Ok(c) => match agent.reload(c) {
+                        Ok(()) => { let _ = revalidate_tx.try_send(()); }
+                        Err(e) => tracing::error!(error = %e, "config reload refused; keeping the running config"),
+                    },
+                    Err(e) => {
+                        agent.reload_refused();
+                        tracing::error!(error = %e, "config reload refused; keeping the running config");
+                    }
                 }
-            },
+                notifier.ready(&agent.summary());
+            }
         }
     }
+    notifier.stopping();
     agent.shutdown(SHUTDOWN_GRACE).await;
     if tokio::time::timeout(SHUTDOWN_GRACE, background)
         .await
@@ -218,6 +229,57 @@ pub async fn serve(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// The service manager's side: `READY=1` once start-up is over, `STATUS=`
+/// when the summary changes, and the watchdog if one is set.
+fn spawn_notifications(
+    agent: &Arc<Agent>,
+    notifier: &Notifier,
+    cfg: &Config,
+    shutdown: &CancellationToken,
+) {
+    let (agent, n, stop) = (Arc::clone(agent), notifier.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = agent.started() => {}
+        }
+        let mut said = agent.summary();
+        n.ready(&said);
+        let mut tick = tokio::time::interval(STATUS_PERIOD);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = agent.summary();
+            if now != said {
+                n.status(&now);
+                said = now;
+            }
+        }
+    });
+    if let Some(timeout) = notify::watchdog_interval() {
+        // Through the first query listener: the path callers use.
+        let target = match (cfg.listen, &cfg.unix_socket) {
+            (Some(addr), _) => Target::Tcp {
+                authority: addr.to_string(),
+            },
+            (None, Some(path)) => Target::Unix(path.0.clone()),
+            (None, None) => return,
+        };
+        tracing::info!(?timeout, "watchdog enabled");
+        tokio::spawn(notify::watchdog(
+            notifier.clone(),
+            target,
+            timeout,
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// How often the status line is refreshed (sent only when it changed).
+const STATUS_PERIOD: Duration = Duration::from_secs(5);
 
 /// Resolves when `token` is cancelled (for servers taking `impl Future`).
 pub fn until(token: &CancellationToken) -> impl Future<Output = ()> + use<> {

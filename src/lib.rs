@@ -29,6 +29,7 @@
 //! - [`api`]: HTTP routes, JSON and error responses, ETag; [`api::serve`]
 //!   the connection loop and its limits for TCP and unix sockets.
 //! - [`daemon`]: `qcapsd run` — cache lock, listeners, signals, shutdown.
+//! - [`notify`]: the lifecycle told to systemd (`Type=notify`, watchdog).
 //! - [`client`]: `qcapsd query` — HTTP client and tables.
 //! - [`timefmt`]: RFC 3339 timestamps.
 //!
@@ -48,6 +49,7 @@ pub mod discovery;
 pub mod emulators;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod qemu;
 pub mod render;
 pub mod revalidate;

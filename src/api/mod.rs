@@ -435,7 +435,10 @@ async fn host(State(ctx): State<Ctx>) -> Response {
     json_value(StatusCode::OK, &ctx.agent.host_doc())
 }
 
-async fn healthz() -> Response {
+/// Liveness: answers from the serving path and takes the cache's lock, so
+/// a wedged agent does not answer (and the watchdog restarts it).
+async fn healthz(State(ctx): State<Ctx>) -> Response {
+    let _ = ctx.agent.cache.ready();
     json_value(
         StatusCode::OK,
         &Health {

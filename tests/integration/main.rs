@@ -11,6 +11,7 @@ mod common;
 mod deploy;
 mod faults;
 mod golden;
+mod notify;
 mod observability;
 mod probe_faults;
 mod probe_real;
