@@ -31,6 +31,7 @@
 //! - [`daemon`]: `qcapsd run` — cache lock, listeners, signals, shutdown.
 //! - [`notify`]: the lifecycle told to systemd (`Type=notify`, watchdog).
 //! - [`client`]: `qcapsd query` — HTTP client and tables.
+//! - [`cli`]: the command line, defined once (binary and man page).
 //! - [`timefmt`]: RFC 3339 timestamps.
 //!
 //! `unsafe` is denied everywhere; one function in [`qemu::exec`] (the
@@ -41,6 +42,7 @@
 pub mod agent;
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;

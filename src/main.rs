@@ -4,7 +4,8 @@
 
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
+use qcapsd::cli::{Cli, Command, LogFormat};
 use qcapsd::client::{self, QueryError, Target, What};
 use qcapsd::config::Config;
 use qcapsd::qemu::{self, Accel, ExecCounter, ProbeRequest};
@@ -17,65 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 const EXIT_USAGE: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
-
-#[derive(Parser)]
-#[command(
-    name = "qcapsd",
-    version,
-    about = "QEMU capabilities agent: probe once, answer from cache"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent (the default command).
-    Run {
-        /// YAML config; without it, the embedded default (discovery).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Log format on stderr. RUST_LOG sets the level (default info).
-        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
-        log_format: LogFormat,
-    },
-    /// Probe one emulator once and print its capabilities JSON on stdout.
-    Probe {
-        /// Path of the QEMU binary.
-        path: PathBuf,
-        /// Accelerator to probe under.
-        #[arg(long, value_enum, default_value_t = Accel::Auto)]
-        accel: Accel,
-        /// Give up (and kill QEMU) after this many seconds.
-        #[arg(long, default_value_t = 30)]
-        timeout: u64,
-    },
-    /// Ask a running agent.
-    Query {
-        /// Agent address (default http://127.0.0.1:9733, or $QCAPSD_ADDR).
-        #[arg(long, conflicts_with = "socket")]
-        addr: Option<String>,
-        /// The agent's unix socket.
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        /// An emulator name (see `qcapsd query`).
-        emulator: Option<String>,
-        /// machines | cpu-models | devices | commands | DEVICE
-        part: Option<String>,
-        /// Print the JSON as served.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Validate a config file and say what it would do.
-    CheckConfig { file: PathBuf },
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -19,15 +19,16 @@ fn systemd_unit_verifies() {
     // Point ExecStart at the binary just built (verify checks it exists).
     let unit = std::fs::read_to_string(repo("deploy/systemd/qcapsd.service"))
         .unwrap()
-        .replace("/usr/local/bin/qcapsd", env!("CARGO_BIN_EXE_qcapsd"));
+        .replace("/usr/bin/qcapsd", env!("CARGO_BIN_EXE_qcapsd"));
     assert!(
         unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
         "reload is SIGHUP"
     );
     let f = dir.path().join("qcapsd.service");
     std::fs::write(&f, unit).unwrap();
+    // The man page comes with the package, not with this checkout.
     let out = Command::new(analyze)
-        .arg("verify")
+        .args(["verify", "--man=no"])
         .arg(&f)
         .output()
         .unwrap();
@@ -37,6 +38,53 @@ fn systemd_unit_verifies() {
         out.status.success() && !said.contains("qcapsd.service:"),
         "systemd-analyze verify: {said}"
     );
+}
+
+#[test]
+fn systemd_unit_exposure_is_at_most_2_and_every_directive_left_out_says_why() {
+    let Some(analyze) = require_tool("systemd-analyze") else {
+        return;
+    };
+    let unit = repo("deploy/systemd/qcapsd.service");
+    let out = Command::new(analyze)
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let exposure: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for qcapsd.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure in:\n{text}"));
+    assert!(exposure <= 2.0, "exposure {exposure}:\n{text}");
+    // Every directive the tool counts against the unit is explained in a
+    // comment of the unit.
+    let file = std::fs::read_to_string(&unit).unwrap();
+    let comments: Vec<&str> = file.lines().filter(|l| l.starts_with('#')).collect();
+    for line in text.lines().filter(|l| l.starts_with('✗')) {
+        let directive = line
+            .trim_start_matches('✗')
+            .split_whitespace()
+            .next()
+            .unwrap();
+        // "RestrictAddressFamilies=~AF_UNIX" → "RestrictAddressFamilies=",
+        // "RootDirectory=/RootImage=" → both names.
+        let names: Vec<String> = directive
+            .split('/')
+            .map(|d| format!("{}=", d.split('=').next().unwrap()))
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| comments.iter().any(|c| c.contains(n.as_str()))),
+            "{directive} is counted against the unit but no comment says why"
+        );
+    }
 }
 
 #[test]
