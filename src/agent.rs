@@ -5,11 +5,13 @@
 use crate::cache::{Backoff, Cache, State, store::Store};
 use crate::config::Config;
 use crate::discovery::{self, DiscoveryError, EmulatorSpec};
-use crate::emulators::{Emulators, MetricsObserver, ProbeSettings};
+use crate::emulators::{Emulators, ProbeSettings, Reporter};
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::model::{EmulatorRow, HostDoc, KvmDoc, SystemFacts};
 use crate::qemu::exec::Accel;
 use crate::qemu::fingerprint::Host;
+use crate::watch::Versions;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,6 +30,12 @@ pub enum AgentError {
 pub struct Agent {
     pub cache: Arc<Cache<Emulators>>,
     pub metrics: Arc<Metrics>,
+    /// What re-probes found changed.
+    pub history: Arc<History>,
+    /// What long-polls wait on.
+    pub versions: Arc<Versions>,
+    /// The history's writer task's input, taken by `start`.
+    history_writes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     /// Serializes gauge refresh and encoding, so concurrent scrapes never
     /// see the per-emulator gauges half rebuilt.
     scrape: Mutex<()>,
@@ -76,17 +84,28 @@ impl Agent {
             Arc::clone(&metrics),
             probe_tag(&cfg),
         ));
+        let store = Store::new(&cfg.cache_dir.0);
+        let (history, history_writes) =
+            History::new(store.subdir("history"), cfg.change_history.get() as usize);
+        let versions = Arc::new(Versions::default());
         let cache = Cache::new(
             handler,
-            Store::new(&cfg.cache_dir.0),
+            store,
             cfg.probe_concurrency(),
             Backoff::default(),
-            Arc::new(MetricsObserver(Arc::clone(&metrics))),
+            Arc::new(Reporter {
+                metrics: Arc::clone(&metrics),
+                history: Arc::clone(&history),
+                versions: Arc::clone(&versions),
+            }),
         );
         cache.set_keys(&names(&specs));
         Ok(Arc::new(Agent {
             cache,
             metrics,
+            history,
+            versions,
+            history_writes: Mutex::new(Some(history_writes)),
             scrape: Mutex::new(()),
             started: tokio::sync::watch::Sender::new(false),
             config: RwLock::new(Arc::new(cfg)),
@@ -104,20 +123,33 @@ impl Agent {
     /// reads run on the blocking pool: nothing on disk can stall a runtime
     /// worker (or, through it, shutdown).
     pub async fn start(&self) {
-        let cache = Arc::clone(&self.cache);
+        let writes = self
+            .history_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rx) = writes {
+            tokio::spawn(Arc::clone(&self.history).write_files(rx));
+        }
+        let (cache, history) = (Arc::clone(&self.cache), Arc::clone(&self.history));
         let loaded = tokio::task::spawn_blocking(move || {
             let swept = cache.store().sweep_temp_files();
             if swept > 0 {
                 tracing::warn!(files = swept, dir = %cache.store().dir().display(), "removed temporary files left by a crash");
             }
-            cache
-                .keys()
-                .iter()
-                .filter(|k| cache.load_from_disk(k))
-                .count()
+            let keys = cache.keys();
+            for k in &keys {
+                history.load(k);
+            }
+            keys.iter().filter(|k| cache.load_from_disk(k)).count()
         })
         .await
         .unwrap_or(0);
+        for key in self.cache.keys() {
+            if let Some(at) = self.history.newest_breaking(&key) {
+                self.metrics.breaking_change_at(&key, at);
+            }
+        }
         let total = self.cache.keys().len();
         tracing::info!(
             emulators = total,
@@ -162,6 +194,7 @@ impl Agent {
                 self.cache.reset(&s.name);
             }
         }
+        self.history.set_limit(cfg.change_history.get() as usize);
         let added = self.cache.set_keys(&names(&specs));
         tracing::info!(
             emulators = specs.len(),
@@ -293,6 +326,28 @@ impl Agent {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let m = &self.metrics;
         m.emulator_info.reset();
+        for st in self.cache.statuses() {
+            let Some(d) = st.data.as_deref() else {
+                continue;
+            };
+            let caps = &d.caps;
+            let usable = caps
+                .cpu_models
+                .iter()
+                .filter(|c| c.usable == Some(true))
+                .count();
+            for (part, n) in [
+                ("machines", caps.machines.len()),
+                ("cpu_models", caps.cpu_models.len()),
+                ("cpu_models_usable", usable),
+                ("devices", caps.devices.len()),
+                ("commands", caps.commands.len()),
+            ] {
+                m.capabilities
+                    .with_label_values(&[&st.key, part])
+                    .set(n as i64);
+            }
+        }
         for row in self.rows() {
             m.emulator_info
                 .with_label_values(&[

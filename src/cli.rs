@@ -57,11 +57,14 @@ pub enum Command {
         socket: Option<PathBuf>,
         /// An emulator name (see `qcapsd query`).
         emulator: Option<String>,
-        /// machines | cpu-models | devices | commands | DEVICE
+        /// machines | cpu-models | devices | commands | changes | DEVICE
         part: Option<String>,
         /// Print the JSON as served.
         #[arg(long)]
         json: bool,
+        /// Print the answer, then each new one as it changes (long-poll).
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a config file and say what it would do.
     CheckConfig { file: PathBuf },

@@ -1,6 +1,7 @@
 //! `qcapsd query`: asks a running agent over HTTP (TCP or its unix socket)
 //! and prints aligned tables for people or the raw JSON for scripts.
 
+use crate::changes::Change;
 use crate::model::{EmulatorRow, ErrorBody};
 use crate::qemu::caps::{CpuModel, Emulator, Machine, ProbeInfo, QemuVersion};
 use crate::render::DeviceDoc;
@@ -80,6 +81,8 @@ pub enum What {
     Devices(String),
     Device(String, String),
     Commands(String),
+    /// What re-probes found changed.
+    Changes(String),
 }
 
 impl What {
@@ -92,6 +95,7 @@ impl What {
                 "cpu-models" => What::CpuModels(e),
                 "devices" => What::Devices(e),
                 "commands" => What::Commands(e),
+                "changes" => What::Changes(e),
                 _ => What::Device(e, p),
             },
         }
@@ -107,6 +111,7 @@ impl What {
             What::Devices(n) => format!("/v1/emulators/{}/devices", e(n)),
             What::Device(n, d) => format!("/v1/emulators/{}/devices/{}", e(n), e(d)),
             What::Commands(n) => format!("/v1/emulators/{}/commands", e(n)),
+            What::Changes(n) => format!("/v1/emulators/{}/changes", e(n)),
         }
     }
 }
@@ -123,8 +128,29 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// An answer as the client got it.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub body: Bytes,
+}
+
 /// GETs `path` from the agent; returns the body of a 2xx answer.
 pub async fn get(target: &Target, path: &str) -> Result<Bytes, QueryError> {
+    fetch(target, path, None, QUERY_TIMEOUT)
+        .await
+        .map(|f| f.body)
+}
+
+/// GETs `path`, with `If-None-Match: if_none_match` when given, within
+/// `timeout`. A 2xx or 304 answer is returned; others are errors.
+pub async fn fetch(
+    target: &Target,
+    path: &str,
+    if_none_match: Option<&str>,
+    timeout: Duration,
+) -> Result<Fetched, QueryError> {
     let unreachable = |reason: String| QueryError::Unreachable {
         target: target.describe(),
         reason,
@@ -151,12 +177,16 @@ pub async fn get(target: &Target, path: &str) -> Result<Bytes, QueryError> {
             }
         };
         let mut send = send;
-        let req = hyper::Request::get(path)
+        let mut req = hyper::Request::get(path)
             .header(hyper::header::HOST, host)
             .header(
                 hyper::header::USER_AGENT,
                 concat!("qcapsd-query/", env!("CARGO_PKG_VERSION")),
-            )
+            );
+        if let Some(tag) = if_none_match {
+            req = req.header(hyper::header::IF_NONE_MATCH, tag);
+        }
+        let req = req
             .body(Empty::<Bytes>::new())
             .map_err(|e| QueryError::Bad(e.to_string()))?;
         let resp = send
@@ -164,14 +194,23 @@ pub async fn get(target: &Target, path: &str) -> Result<Bytes, QueryError> {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
+        let etag = resp
+            .headers()
+            .get(hyper::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
-        if status.is_success() {
-            Ok(body)
+        if status.is_success() || status == hyper::StatusCode::NOT_MODIFIED {
+            Ok(Fetched {
+                status: status.as_u16(),
+                etag,
+                body,
+            })
         } else {
             let message = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|e| e.error)
@@ -182,12 +221,12 @@ pub async fn get(target: &Target, path: &str) -> Result<Bytes, QueryError> {
             })
         }
     };
-    tokio::time::timeout(QUERY_TIMEOUT, fut)
+    tokio::time::timeout(timeout, fut)
         .await
         .unwrap_or_else(|_| {
             Err(unreachable(format!(
                 "no answer within {}s",
-                QUERY_TIMEOUT.as_secs()
+                timeout.as_secs()
             )))
         })
 }
@@ -290,6 +329,13 @@ pub fn render(what: &What, body: &[u8]) -> Result<String, QueryError> {
                         c.unavailable_features.join(" "),
                     ]
                 })
+                .collect(),
+        ),
+        What::Changes(_) => table(
+            &["AT", "REASON", "BREAKING", "SUMMARY"],
+            parse::<Vec<Change>>(body)?
+                .into_iter()
+                .map(|c| vec![c.at, c.reason, yes_no(c.breaking), c.summary])
                 .collect(),
         ),
         What::Devices(_) | What::Commands(_) => parse::<Vec<String>>(body)?

@@ -32,6 +32,10 @@ pub mod defaults {
     pub const PROBE_CONCURRENCY_CAP: usize = 8;
     /// Minimum time between two forced probes of one emulator.
     pub const FORCED_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+    /// Changes kept per emulator.
+    pub const CHANGE_HISTORY: u64 = 50;
+    /// The longest a long-poll (`?wait=`) is held.
+    pub const MAX_WAIT: Duration = Duration::from_secs(300);
     pub const HOST_ROOT: &str = "/";
     pub const MAX_CONNECTIONS: u64 = 512;
     pub const MAX_HEADER_BYTES: u64 = 16 << 10;
@@ -57,6 +61,9 @@ pub mod limits {
     pub const MAX_HEADER_BYTES: u64 = 1 << 20;
     pub const MAX_BODY_BYTES: u64 = 1 << 20;
     pub const MAX_DEVICE_NAME: usize = 128;
+    pub const MAX_CHANGE_HISTORY: u64 = 10_000;
+    /// `http.max_wait` may not exceed this.
+    pub const MAX_WAIT: Duration = Duration::from_secs(600);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +110,8 @@ pub struct Config {
     /// `None`: derived from the CPUs available to the agent.
     pub probe_concurrency: Option<Limit<1, { limits::MAX_PROBE_CONCURRENCY }>>,
     pub forced_probe_interval: Period,
+    /// Changes kept per emulator (newest first).
+    pub change_history: Limit<1, { limits::MAX_CHANGE_HISTORY }>,
     /// `None`: the default discovery.
     pub emulators: Option<EmulatorList>,
     pub device_properties: Vec<DeviceName>,
@@ -131,6 +140,8 @@ pub struct HttpLimits {
     pub write_timeout: Period,
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout: Period,
+    /// The longest a long-poll (`?wait=`) is held (at most 10 minutes).
+    pub max_wait: MaxWait,
 }
 
 impl Default for HttpLimits {
@@ -143,6 +154,7 @@ impl Default for HttpLimits {
             header_read_timeout: Period(defaults::HEADER_READ_TIMEOUT),
             write_timeout: Period(defaults::WRITE_TIMEOUT),
             idle_timeout: Period(defaults::IDLE_TIMEOUT),
+            max_wait: MaxWait(defaults::MAX_WAIT),
         }
     }
 }
@@ -158,6 +170,7 @@ impl Default for Config {
             probe_timeout: Period(defaults::PROBE_TIMEOUT),
             probe_concurrency: None,
             forced_probe_interval: Period(defaults::FORCED_PROBE_INTERVAL),
+            change_history: Limit(defaults::CHANGE_HISTORY),
             emulators: None,
             device_properties: crate::qemu::probe::DEFAULT_DEVICES
                 .iter()
@@ -368,6 +381,8 @@ pub enum ValueError {
     RelativeGlob(String),
     #[error("glob '{0}': wildcards go in the last path component only")]
     WildDirectory(String),
+    #[error("'{0}' is longer than 10 minutes")]
+    WaitTooLong(String),
     #[error(transparent)]
     Duration(#[from] DurationError),
 }
@@ -396,6 +411,19 @@ impl std::ops::Deref for Period {
 from_str_visitor!(Period, "a duration such as 30s", |s| Ok(Period(
     parse_duration(s)?
 )));
+
+/// `http.max_wait`: a duration of at most [`limits::MAX_WAIT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxWait(pub Duration);
+
+from_str_visitor!(MaxWait, "a duration of at most 10m", |s| {
+    let d = parse_duration(s)?;
+    if d > limits::MAX_WAIT {
+        Err(ValueError::WaitTooLong(s.to_owned()))
+    } else {
+        Ok(MaxWait(d))
+    }
+});
 
 /// A device type name for `device_properties`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -839,6 +867,21 @@ mod tests {
         assert_eq!(e, "probe_concurrency: 0 is less than 1 at line 1 column 20");
         let e = err("probe_concurrency: -3\n");
         assert!(e.starts_with("probe_concurrency: -3 is less than 1"), "{e}");
+    }
+
+    #[test]
+    fn the_long_poll_cap_is_at_most_ten_minutes() {
+        assert_eq!(Config::default().http.max_wait.0, Duration::from_secs(300));
+        assert_eq!(
+            Config::parse("http:\n  max_wait: 10m\n")
+                .unwrap()
+                .http
+                .max_wait
+                .0,
+            Duration::from_secs(600)
+        );
+        says_at("http:\n  max_wait: 11m\n", "longer than 10 minutes", 2);
+        says_at("change_history: 0\n", "less than 1", 1);
     }
 
     #[test]

@@ -156,7 +156,7 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || exec::sweep_tagged(&tag))
         .await
         .ok();
-    let ctx = Ctx::new(Arc::clone(&agent));
+    let ctx = Ctx::new(Arc::clone(&agent), shutdown.clone());
     let limits = cfg.http.clone();
     let app = api::router(ctx.clone(), &limits);
     let mut listeners = Vec::new();

@@ -9,14 +9,17 @@
 //! another emulator, is discarded and re-probed, never served.
 
 use crate::cache::{self, Absent, Handler};
+use crate::changes::{self, Change, Side};
 use crate::digest::Fnv64;
 use crate::discovery::EmulatorSpec;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
 use crate::qemu::exec::{Accel, ExecCounter, ExecError};
 use crate::qemu::fingerprint::{Fingerprint, Host, HostContext};
 use crate::qemu::probe::{ProbeError, ProbeRequest, probe};
 use crate::render::Rendered;
+use crate::watch::Versions;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -317,9 +320,15 @@ impl Handler for Emulators {
         let view = self.view();
         let spec = view.table.get(key).ok_or(RefreshError::Unconfigured)?;
         let settings = &view.settings;
+        // A host whose /dev/kvm the agent cannot use gets a TCG probe, and
+        // TCG's answers (CPU usability under TCG).
+        let accel = match settings.accel {
+            Accel::Auto if !stamp.kvm_usable => Accel::Tcg,
+            other => other,
+        };
         let req = ProbeRequest {
             name: spec.name.clone(),
-            accel: settings.accel,
+            accel,
             timeout: settings.timeout,
             devices: settings.devices.clone(),
             tag: Some(self.probe_tag.clone()),
@@ -424,27 +433,79 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Cache events into metrics and logs.
-pub struct MetricsObserver(pub Arc<Metrics>);
+/// Cache events into metrics, logs, the change history and the versions
+/// long-polls wait on.
+pub struct Reporter {
+    pub metrics: Arc<Metrics>,
+    pub history: Arc<History>,
+    pub versions: Arc<Versions>,
+}
 
-impl cache::Observer<Entry> for MetricsObserver {
+/// The side of a change an entry stands for.
+fn side(e: &Entry) -> Side {
+    let b = &e.fingerprint.binary;
+    Side {
+        version: e.caps.qemu.as_ref().map(|q| q.version.clone()),
+        accel: e.caps.accel.clone(),
+        probed_at: e.caps.probe.started_at.clone(),
+        binary: format!("ino {} size {} mtime_ns {}", b.ino, b.size, b.mtime_ns),
+    }
+}
+
+impl cache::Observer<Entry> for Reporter {
     fn hit(&self, key: &str, data: &Entry) {
-        self.0.record_hit(key, data.exec_seconds);
+        self.metrics.record_hit(key, data.exec_seconds);
     }
     fn miss(&self, key: &str, reason: &'static str) {
-        self.0.record_miss(key, reason, unix_now());
+        self.metrics.record_miss(key, reason, unix_now());
     }
     fn invalidated(&self, key: &str, reason: &'static str) {
         tracing::info!(emulator = key, reason, "cache entry invalidated");
-        self.0.record_invalidation(key, reason);
+        self.metrics.record_invalidation(key, reason);
+    }
+    /// A re-probe replaced an entry: what changed is logged, counted and
+    /// recorded. The first probe of an emulator is no change, nor is a
+    /// re-probe that found everything as it was.
+    fn replaced(&self, key: &str, previous: Option<&Entry>, new: &Entry, reason: &'static str) {
+        let Some(previous) = previous else { return };
+        let items = changes::diff(&previous.caps, &new.caps);
+        if items.is_empty() {
+            return;
+        }
+        let now = SystemTime::now();
+        let change = Change {
+            emulator: key.to_owned(),
+            at: crate::timefmt::rfc3339(now),
+            reason: reason.to_owned(),
+            breaking: items.iter().any(|i| i.breaking),
+            summary: changes::summarize(key, reason, &items),
+            before: side(previous),
+            after: side(new),
+            items,
+        };
+        if change.breaking {
+            tracing::warn!(emulator = key, reason, summary = %change.summary, "capabilities lost");
+        } else {
+            tracing::info!(emulator = key, reason, summary = %change.summary, "capabilities changed");
+        }
+        let at = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.metrics.record_change(key, &change.items, at);
+        self.history.record(change);
     }
     fn revalidation(&self) {
-        self.0.revalidations.inc();
+        self.metrics.revalidations.inc();
     }
     fn added(&self, key: &str) {
-        self.0.add_emulator(key);
+        self.metrics.add_emulator(key);
     }
     fn removed(&self, key: &str) {
-        self.0.remove_emulator(key);
+        self.metrics.remove_emulator(key);
+        self.history.remove(key);
+        self.versions.remove(key);
+    }
+    fn changed(&self, key: &str) {
+        self.versions.bump(key);
     }
 }

@@ -18,6 +18,10 @@
 //! - [`discovery`]: the config's emulators resolved against the file
 //!   system (paths, globs, default discovery) into unique names.
 //! - [`render`]: an entry's HTTP bodies and ETags, serialized once.
+//! - [`changes`]: what changed between two documents (a pure diff), the
+//!   change record and its kinds.
+//! - [`history`]: the last changes of each emulator, kept on disk.
+//! - [`watch`]: the versions long-polls wait on.
 //! - [`emulators`]: the QEMU handler of the cache — configured emulators,
 //!   fingerprint as stamp, probe as new data, the checksummed file format.
 //! - [`metrics`]: every Prometheus metric, registered in one place.
@@ -42,6 +46,7 @@
 pub mod agent;
 pub mod api;
 pub mod cache;
+pub mod changes;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -49,6 +54,7 @@ pub mod daemon;
 pub mod digest;
 pub mod discovery;
 pub mod emulators;
+pub mod history;
 pub mod metrics;
 pub mod model;
 pub mod notify;
@@ -56,3 +62,4 @@ pub mod qemu;
 pub mod render;
 pub mod revalidate;
 pub mod timefmt;
+pub mod watch;

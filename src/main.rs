@@ -55,7 +55,14 @@ fn main() -> ExitCode {
             emulator,
             part,
             json,
-        } => runtime.block_on(query(addr, socket, What::from_args(emulator, part), json)),
+            watch,
+        } => runtime.block_on(query(
+            addr,
+            socket,
+            What::from_args(emulator, part),
+            json,
+            watch,
+        )),
         Command::CheckConfig { file } => check_config(&file),
     }
 }
@@ -130,7 +137,13 @@ async fn probe(path: PathBuf, accel: Accel, timeout: u64) -> ExitCode {
     }
 }
 
-async fn query(addr: Option<String>, socket: Option<PathBuf>, what: What, json: bool) -> ExitCode {
+async fn query(
+    addr: Option<String>,
+    socket: Option<PathBuf>,
+    what: What,
+    json: bool,
+    watch: bool,
+) -> ExitCode {
     let target = match (socket, addr.or_else(|| std::env::var("QCAPSD_ADDR").ok())) {
         (Some(s), _) => Target::Unix(s),
         (None, Some(a)) => match Target::from_addr(&a) {
@@ -144,25 +157,64 @@ async fn query(addr: Option<String>, socket: Option<PathBuf>, what: What, json: 
             authority: qcapsd::config::defaults::LISTEN.to_owned(),
         },
     };
+    if watch {
+        return watch_answers(&target, &what, json).await;
+    }
     let result = match client::get(&target, &what.path()).await {
-        Ok(body) if json => Ok(body.to_vec()),
-        Ok(body) => client::render(&what, &body).map(String::into_bytes),
+        Ok(body) => show(&what, &body, json),
         Err(e) => Err(e),
     };
     match result {
-        Ok(mut out) => {
-            if json && !out.ends_with(b"\n") {
-                out.push(b'\n');
+        Ok(out) => print_bytes(&out),
+        Err(e) => query_failed(&e),
+    }
+}
+
+/// An answer as `qcapsd query` prints it: the JSON, or a table.
+fn show(what: &What, body: &[u8], json: bool) -> Result<Vec<u8>, QueryError> {
+    if json {
+        let mut out = body.to_vec();
+        if !out.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        Ok(out)
+    } else {
+        client::render(what, body).map(String::into_bytes)
+    }
+}
+
+fn query_failed(e: &QueryError) -> ExitCode {
+    eprintln!("qcapsd: {e}");
+    match e {
+        QueryError::Unreachable { .. } => ExitCode::from(EXIT_UNAVAILABLE),
+        _ => ExitCode::from(1),
+    }
+}
+
+/// `qcapsd query --watch`: prints the answer, then each new one, holding a
+/// long-poll (`?wait=`) at a time; runs until interrupted or an error.
+async fn watch_answers(target: &Target, what: &What, json: bool) -> ExitCode {
+    const WAIT: Duration = Duration::from_secs(300);
+    let path = format!("{}?wait={}s", what.path(), WAIT.as_secs());
+    let mut etag: Option<String> = None;
+    loop {
+        let timeout = WAIT + Duration::from_secs(60);
+        let fetched = match client::fetch(target, &path, etag.as_deref(), timeout).await {
+            Ok(f) => f,
+            Err(e) => return query_failed(&e),
+        };
+        if fetched.status == 304 {
+            continue;
+        }
+        etag = fetched.etag;
+        match show(what, &fetched.body, json) {
+            Ok(out) => {
+                let code = print_bytes(&out);
+                if code != ExitCode::SUCCESS {
+                    return code;
+                }
             }
-            print_bytes(&out)
-        }
-        Err(e @ QueryError::Unreachable { .. }) => {
-            eprintln!("qcapsd: {e}");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-        Err(e) => {
-            eprintln!("qcapsd: {e}");
-            ExitCode::from(1)
+            Err(e) => return query_failed(&e),
         }
     }
 }

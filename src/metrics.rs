@@ -31,6 +31,14 @@ pub const EXEC_BUCKETS: &[f64] = &[
 pub const HTTP_BUCKETS: &[f64] = &[0.0001, 0.0005, 0.005, 0.05, 1.0];
 /// The reasons of `qcapsd_probe_failures_total`, all created at zero.
 pub const FAILURE_REASONS: &[&str] = &["not_found", "spawn", "timeout", "qmp", "bad_reply"];
+/// The parts of `qcapsd_capabilities`.
+pub const CAPABILITY_PARTS: &[&str] = &[
+    "machines",
+    "cpu_models",
+    "cpu_models_usable",
+    "devices",
+    "commands",
+];
 /// Miss reasons that are no change of the source: start-up, lookups of a
 /// failed or absent emulator. They do not move the last-miss timestamp.
 const NON_CHANGE_MISSES: &[&str] = &["cold", "failed", "missing", "inaccessible"];
@@ -54,8 +62,12 @@ pub struct Metrics {
     last_miss: GaugeVec,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub http_waiting: IntGauge,
     reloads: IntCounterVec,
     reload_ok: IntGauge,
+    capability_changes: IntCounterVec,
+    pub capabilities: IntGaugeVec,
+    last_breaking: GaugeVec,
     /// Totals behind the hit ratio (all emulators, since start).
     total_lookups: AtomicU64,
     total_hits: AtomicU64,
@@ -221,6 +233,13 @@ impl Metrics {
                     &["route", "code"],
                 )?,
             )?,
+            http_waiting: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "qcapsd_http_waiting_requests",
+                    "Long-polls (?wait=) held now, waiting for an answer to change.",
+                ))?,
+            )?,
             reloads: counter(
                 "qcapsd_config_reloads_total",
                 "Config reloads (SIGHUP) by result: success or failure (a refused config keeps the running one).",
@@ -232,6 +251,26 @@ impl Metrics {
                     "qcapsd_config_last_reload_successful",
                     "1 if the last config reload (or the start) succeeded, 0 if it was refused.",
                 ))?,
+            )?,
+            capability_changes: counter(
+                "qcapsd_capability_changes_total",
+                "Items of capability changes found by re-probes, by kind (machine_removed, device_removed, cpu_model_became_unusable, ...; a fixed set): 2 devices removed add 2. Each kind's series is born at its first change (25 kinds per emulator would exceed the series budget); the alert uses qcapsd_last_breaking_change_timestamp_seconds.",
+                &["emulator", "kind"],
+            )?,
+            capabilities: reg(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "qcapsd_capabilities",
+                        "What the emulator offers, by part: machines, cpu_models, cpu_models_usable, devices, commands.",
+                    ),
+                    &["emulator", "part"],
+                )?,
+            )?,
+            last_breaking: gauge(
+                "qcapsd_last_breaking_change_timestamp_seconds",
+                "Unix time of the last breaking capability change (something VMs may use went away; 0: none). What QcapsdCapabilitiesLost tests; restored from the history at start.",
+                &["emulator"],
             )?,
             total_lookups: AtomicU64::new(0),
             total_hits: AtomicU64::new(0),
@@ -260,8 +299,16 @@ impl Metrics {
         self.hits.with_label_values(&[e]);
         self.seconds_saved.with_label_values(&[e]);
         self.emulator_up.with_label_values(&[e]);
-        for g in [&self.last_success, &self.last_failure, &self.last_miss] {
+        for g in [
+            &self.last_success,
+            &self.last_failure,
+            &self.last_miss,
+            &self.last_breaking,
+        ] {
             g.with_label_values(&[e]);
+        }
+        for part in CAPABILITY_PARTS {
+            self.capabilities.with_label_values(&[e, part]);
         }
     }
 
@@ -276,15 +323,23 @@ impl Metrics {
         let mut born = self.born.lock().unwrap_or_else(|p| p.into_inner());
         let gone: Vec<(String, String)> = born.iter().filter(|(x, _)| x == e).cloned().collect();
         for (x, reason) in gone {
-            for v in [&self.misses, &self.invalidations] {
+            for v in [&self.misses, &self.invalidations, &self.capability_changes] {
                 let _ = v.remove_label_values(&[&x, &reason]);
             }
             born.remove(&(x, reason));
         }
+        for part in CAPABILITY_PARTS {
+            let _ = self.capabilities.remove_label_values(&[e, part]);
+        }
         let _ = self.exec_duration.remove_label_values(&[e]);
         let _ = self.seconds_saved.remove_label_values(&[e]);
         let _ = self.emulator_up.remove_label_values(&[e]);
-        for g in [&self.last_success, &self.last_failure, &self.last_miss] {
+        for g in [
+            &self.last_success,
+            &self.last_failure,
+            &self.last_miss,
+            &self.last_breaking,
+        ] {
             let _ = g.remove_label_values(&[e]);
         }
     }
@@ -331,6 +386,23 @@ impl Metrics {
     pub fn record_invalidation(&self, e: &str, reason: &str) {
         self.invalidations.with_label_values(&[e, reason]).inc();
         self.note_born(e, reason);
+    }
+
+    /// A change found by a re-probe: each item counts once under its kind.
+    pub fn record_change(&self, e: &str, items: &[crate::changes::Item], at_unix: f64) {
+        for item in items {
+            let kind = item.kind.as_str();
+            self.capability_changes.with_label_values(&[e, kind]).inc();
+            self.note_born(e, kind);
+        }
+        if items.iter().any(|i| i.breaking) {
+            self.breaking_change_at(e, at_unix);
+        }
+    }
+
+    /// When `e`'s last breaking change happened.
+    pub fn breaking_change_at(&self, e: &str, at_unix: f64) {
+        self.last_breaking.with_label_values(&[e]).set(at_unix);
     }
 
     /// A config reload was applied (`true`) or refused.

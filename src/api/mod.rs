@@ -9,17 +9,24 @@
 //!   `/devices/{device}`, `/commands` — one part of it
 //! - `POST /v1/emulators/{name}/revalidate` — forces one re-probe (202),
 //!   at most one per `forced_probe_interval` (else 429 with Retry-After)
+//! - `GET /v1/emulators/{name}/changes` — what re-probes found changed,
+//!   newest first; `GET /v1/changes?since=RFC3339` — every emulator's
 //! - `GET /v1/host` — the host facts the fingerprint uses, and the machine
 //! - `GET /healthz`, `GET /readyz` — liveness, readiness
 //! - `GET /metrics` — Prometheus text format
 //!
 //! Capabilities responses are bytes rendered once per cache entry, with a
 //! content-hash `ETag` (`If-None-Match` → 304) and `Cache-Control: no-cache`.
+//! With `?wait=DURATION` and an `If-None-Match` naming the current answer,
+//! the request is held until the answer changes (200) or the wait ends
+//! (304): long-poll, capped by `http.max_wait`, jittered, woken only by a
+//! change (see [`crate::watch`]), answered at once when the agent stops.
 //! Errors are `{"error": "...", "status": N}`. A name in a request is only
 //! ever a key into the configured emulator table: nothing a request says is
 //! opened as a path or executed. [`serve`] holds the connection loop and
 //! its limits.
 
+pub mod query;
 pub mod serve;
 
 use crate::agent::Agent;
@@ -30,6 +37,7 @@ use crate::model::{ErrorBody, Health, Revalidating};
 use crate::render::{Part, Rendered};
 use axum::Router;
 use axum::body::Body;
+use axum::extract::RawQuery;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -40,6 +48,8 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub use serve::{BindError, Listener, bind_unix, serve};
 
@@ -56,16 +66,22 @@ pub struct Ctx {
     /// `body_timeout`.
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
+    /// The longest a long-poll is held.
+    pub max_wait: Duration,
+    /// Cancelled when the agent stops: held requests answer at once.
+    pub shutdown: CancellationToken,
 }
 
 impl Ctx {
-    pub fn new(agent: Arc<Agent>) -> Ctx {
+    pub fn new(agent: Arc<Agent>, shutdown: CancellationToken) -> Ctx {
         let cfg = agent.config();
         Ctx {
             request_timeout: *cfg.http.request_timeout,
             forced_probe_interval: *cfg.forced_probe_interval,
             max_body_bytes: cfg.http.max_body_bytes.get() as usize,
             body_timeout: *cfg.http.header_read_timeout,
+            max_wait: cfg.http.max_wait.0,
+            shutdown,
             agent,
         }
     }
@@ -86,6 +102,8 @@ pub fn router(ctx: Ctx, _limits: &HttpLimits) -> Router {
         .route("/v1/emulators/{name}/devices/{device}", get(device))
         .route("/v1/emulators/{name}/commands", part_route(|r| &r.commands))
         .route("/v1/emulators/{name}/revalidate", post(revalidate))
+        .route("/v1/emulators/{name}/changes", get(emulator_changes))
+        .route("/v1/changes", get(all_changes))
         .route("/v1/host", get(host))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -272,6 +290,8 @@ async fn index() -> Response {
         "<li><a href=\"/v1/emulators\">/v1/emulators</a>: every emulator and its state</li>",
         "<li>/v1/emulators/{name}: the capabilities document; ",
         "/machines, /cpu-models, /devices, /devices/{device}, /commands: its parts</li>",
+        "<li><a href=\"/v1/changes\">/v1/changes</a>: what re-probes found changed; ",
+        "/v1/emulators/{name}/changes: one emulator's</li>",
         "<li><a href=\"/v1/host\">/v1/host</a>: kernel, CPU, KVM</li>",
         "<li><a href=\"/healthz\">/healthz</a>, <a href=\"/readyz\">/readyz</a></li>",
         "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>",
@@ -280,8 +300,108 @@ async fn index() -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
 }
 
-async fn list(State(ctx): State<Ctx>) -> Response {
-    json_value(StatusCode::OK, &ctx.agent.rows())
+fn rows_part(ctx: &Ctx) -> Option<Part> {
+    Part::json(&ctx.agent.rows()).ok()
+}
+
+async fn list(State(ctx): State<Ctx>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+    let wait = match wait_param(&ctx, q.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return bad_query(&e),
+    };
+    // Subscribe before reading, so no change is missed.
+    let rx = ctx.agent.versions.subscribe_all();
+    let Some(part) = rows_part(&ctx) else {
+        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the list");
+    };
+    respond(&ctx, part, &headers, "hit", wait, rx, || rows_part(&ctx)).await
+}
+
+/// The `wait` parameter, the only one a capabilities route takes: how long
+/// to hold the request (capped by `http.max_wait`), if at all.
+fn wait_param(ctx: &Ctx, raw: Option<&str>) -> Result<Option<Duration>, query::QueryError> {
+    let pairs = query::parse(raw)?;
+    let pairs = query::only(&pairs, "wait", &[])?;
+    match query::value(pairs, "wait") {
+        None => Ok(None),
+        Some(w) => crate::config::parse_duration(w)
+            .map(|d| Some(d.min(ctx.max_wait)))
+            .map_err(|e| query::QueryError::BadValue("wait", e.to_string())),
+    }
+}
+
+fn bad_query(e: &query::QueryError) -> Response {
+    json_error(StatusCode::BAD_REQUEST, &e.to_string())
+}
+
+/// Answers with `part`: 200, or 304 when the client has it. A client that
+/// has it and asked to wait is held until `current()` differs (200), the
+/// wait ends or the agent stops (304). `rx` was subscribed before `part`
+/// was read.
+async fn respond(
+    ctx: &Ctx,
+    part: Part,
+    headers: &HeaderMap,
+    kind: &'static str,
+    wait: Option<Duration>,
+    mut rx: watch::Receiver<u64>,
+    current: impl Fn() -> Option<Part>,
+) -> Response {
+    let Some(wait) = wait.filter(|_| etag_matches(headers, &part.etag)) else {
+        return part_response(&part, headers, kind);
+    };
+    let deadline = tokio::time::sleep(with_jitter(wait));
+    tokio::pin!(deadline);
+    let _held = Held::new(&ctx.agent.metrics.http_waiting);
+    loop {
+        tokio::select! {
+            () = &mut deadline => break,
+            () = ctx.shutdown.cancelled() => break,
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if let Some(now) = current() {
+                    if !etag_matches(headers, &now.etag) {
+                        return part_response(&now, headers, "hit");
+                    }
+                }
+            }
+        }
+    }
+    part_response(&part, headers, kind)
+}
+
+/// Counts a held request while it lives.
+struct Held<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Held<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        Held(g)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `wait` plus up to a tenth more (at most 5 s), so that a fleet of
+/// callers that started together does not come back together.
+fn with_jitter(wait: Duration) -> Duration {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut h = crate::digest::Fnv64::default();
+    h.update(&nanos.to_le_bytes())
+        .update(&SEQ.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let spread = (wait / 10).min(Duration::from_secs(5));
+    let fraction = (h.finish() % 1000) as u32;
+    wait + spread * fraction / 1000
 }
 
 /// Looks up a configured emulator; every failure is a JSON error. Only a
@@ -347,6 +467,7 @@ fn printable(s: &str) -> String {
 async fn serve_part(
     ctx: &Ctx,
     name: Result<Path<String>, PathRejection>,
+    raw_query: Option<&str>,
     headers: &HeaderMap,
     pick: impl Fn(&Rendered) -> &Part,
 ) -> Response {
@@ -354,8 +475,22 @@ async fn serve_part(
         Ok(n) => n,
         Err(e) => return bad_path(e),
     };
+    let wait = match wait_param(ctx, raw_query) {
+        Ok(w) => w,
+        Err(e) => return bad_query(&e),
+    };
+    let rx = ctx.agent.versions.subscribe(&name);
     match lookup(ctx, &name).await {
-        Ok(a) => part_response(pick(&a.data.rendered), headers, answer_kind(&a)),
+        Ok(a) => {
+            let part = pick(&a.data.rendered).clone();
+            let current = || {
+                ctx.agent
+                    .cache
+                    .peek(&name)
+                    .map(|d| pick(&d.rendered).clone())
+            };
+            respond(ctx, part, headers, answer_kind(&a), wait, rx, current).await
+        }
         Err(r) => r,
     }
 }
@@ -371,24 +506,37 @@ fn answer_kind(a: &Answer<Entry>) -> &'static str {
 /// The GET route of one pre-rendered part of an emulator's entry.
 fn part_route(pick: fn(&Rendered) -> &Part) -> MethodRouter<Ctx> {
     get(
-        move |State(ctx): State<Ctx>, name: Result<Path<String>, PathRejection>, h: HeaderMap| async move {
-            serve_part(&ctx, name, &h, pick).await
-        },
+        move |State(ctx): State<Ctx>,
+              name: Result<Path<String>, PathRejection>,
+              RawQuery(q): RawQuery,
+              h: HeaderMap| async move { serve_part(&ctx, name, q.as_deref(), &h, pick).await },
     )
 }
 
 async fn device(
     State(ctx): State<Ctx>,
     p: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(q): RawQuery,
     h: HeaderMap,
 ) -> Response {
     let Path((name, dev)) = match p {
         Ok(p) => p,
         Err(e) => return bad_path(e),
     };
+    let wait = match wait_param(&ctx, q.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return bad_query(&e),
+    };
+    let rx = ctx.agent.versions.subscribe(&name);
     match lookup(&ctx, &name).await {
         Ok(a) => match a.data.rendered.device.get(&dev) {
-            Some(part) => part_response(part, &h, answer_kind(&a)),
+            Some(part) => {
+                let current = || {
+                    let d = ctx.agent.cache.peek(&name)?;
+                    d.rendered.device.get(&dev).cloned()
+                };
+                respond(&ctx, part.clone(), &h, answer_kind(&a), wait, rx, current).await
+            }
             None => json_error(
                 StatusCode::NOT_FOUND,
                 &format!("emulator '{name}' has no device '{}'", printable(&dev)),
@@ -429,6 +577,48 @@ async fn revalidate(State(ctx): State<Ctx>, name: Result<Path<String>, PathRejec
         },
         Err(e) => lookup_error(&ctx, &name, &e),
     }
+}
+
+async fn emulator_changes(
+    State(ctx): State<Ctx>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let Path(name) = match name {
+        Ok(n) => n,
+        Err(e) => return bad_path(e),
+    };
+    if let Err(e) = query::parse(q.as_deref()).and_then(|p| query::only(&p, "", &[]).map(|_| ())) {
+        return json_error(StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    if ctx.agent.cache.status(&name).is_none() {
+        return lookup_error(&ctx, &name, &LookupError::Unknown);
+    }
+    json_value(StatusCode::OK, &ctx.agent.history.of(&name))
+}
+
+async fn all_changes(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response {
+    let bad = |msg: String| json_error(StatusCode::BAD_REQUEST, &msg);
+    let pairs = match query::parse(q.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return bad(e.to_string()),
+    };
+    if let Err(e) = query::only(&pairs, "since", &[]) {
+        return bad(e.to_string());
+    }
+    let since = match query::value(&pairs, "since") {
+        None => None,
+        Some(s) => match s.parse::<jiff::Timestamp>() {
+            Ok(t) => Some(t),
+            Err(_) => {
+                return bad(format!(
+                    "since: '{}' is not an RFC 3339 time, e.g. 2026-11-28T12:00:00Z",
+                    printable(s)
+                ));
+            }
+        },
+    };
+    json_value(StatusCode::OK, &ctx.agent.history.since(since))
 }
 
 async fn host(State(ctx): State<Ctx>) -> Response {

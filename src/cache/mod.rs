@@ -505,17 +505,20 @@ impl<H: Handler> Cache<H> {
                 }
             }
         };
-        // Waiters get the answer before the file's two fsyncs.
-        tx.send_modify(|p| p.outcome = Some(outcome.clone()));
+        // What changed is recorded first, so a caller that gets the new
+        // data also finds its change; waiters then get the answer before
+        // the file's two fsyncs.
         match &outcome {
-            Ok(data) if current => {
-                self.observer
-                    .replaced(&key, previous.as_deref(), data, reason);
-                self.save(&key).await;
-            }
+            Ok(data) if current => self
+                .observer
+                .replaced(&key, previous.as_deref(), data, reason),
             Ok(_) => tracing::debug!(key, "superseded refresh ended; its data is not kept"),
             Err(LookupError::Failed(e)) => self.observer.failed(&key, e),
             Err(_) => {}
+        }
+        tx.send_modify(|p| p.outcome = Some(outcome.clone()));
+        if current && outcome.is_ok() {
+            self.save(&key).await;
         }
         tx.send_modify(|p| p.settled = true);
     }
@@ -651,6 +654,12 @@ impl<H: Handler> Cache<H> {
             state: slot_state(slot),
             retry_after: None,
         })
+    }
+
+    /// `key`'s data as it is in memory: no stat, no refresh, no counter
+    /// (for long-polls woken by a change, after their first lookup).
+    pub fn peek(&self, key: &str) -> Option<Arc<H::Data>> {
+        self.lock().get(key).and_then(|s| s.data.clone())
     }
 
     /// Waits for `key`'s latest refresh, if any, to settle (its outcome

@@ -100,10 +100,15 @@ fn metrics_of_an_agent_over_two_replayed_transcripts() {
         "qemu-system-riscv64",
         "caps_9.1.0_riscv64.replies",
     );
+    // A fixture host with a /dev/kvm: the same KVM answers on any machine.
+    let host = d.path().join("host");
+    std::fs::create_dir_all(host.join("dev")).unwrap();
+    std::fs::write(host.join("dev/kvm"), "").unwrap();
     let agent = InProcess::start(
         d.path(),
         &format!(
-            "revalidate_interval: 1h\nemulators:\n  - path: {}\n    name: x86_64\n  - path: {}\n    name: riscv64\n",
+            "host_root: {}\nrevalidate_interval: 1h\nemulators:\n  - path: {}\n    name: x86_64\n  - path: {}\n    name: riscv64\n",
+            host.display(),
             x86.display(),
             riscv.display()
         ),

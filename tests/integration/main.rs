@@ -7,6 +7,7 @@
 
 mod agent;
 mod api;
+mod changes;
 mod common;
 mod deploy;
 mod faults;

@@ -2,7 +2,9 @@
 //! verdicts, the dashboard's queries, and a real Prometheus scraping a
 //! running agent while a stand-in emulator keeps changing.
 
-use crate::common::{self, Http, InProcess, count, metric, raw_http, rename_upgrade, require_tool};
+use crate::common::{
+    self, Http, InProcess, Prometheus, count, metric, rename_upgrade, require_tool,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -338,7 +340,7 @@ fn dashboard_is_valid_its_queries_parse_and_use_only_live_metrics() {
 /// Prometheus evaluates the same expressions within a test's time.
 /// Durations are written `[5m]`, `for: 15m` and, as thresholds in seconds,
 /// `5 * 60`.
-fn compressed_rules() -> String {
+pub fn compressed_rules() -> String {
     let text = std::fs::read_to_string(repo("deploy/prometheus/qcapsd.rules.yml"))
         .unwrap()
         .replace(" * 60", "");
@@ -366,92 +368,13 @@ fn compressed_rules() -> String {
     out
 }
 
-struct Prometheus {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    fn api(&self, path_and_query: &str) -> serde_json::Value {
-        let r = raw_http(
-            self.port,
-            format!(
-                "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()
-    }
-
-    fn alert_state(&self, name: &str) -> Option<String> {
-        let v = self.api("/api/v1/alerts");
-        v["data"]["alerts"]
-            .as_array()?
-            .iter()
-            .find(|a| a["labels"]["alertname"] == name)
-            .map(|a| a["state"].as_str().unwrap_or("").to_owned())
-    }
-}
-
 #[test]
 fn real_prometheus_records_the_hit_ratio_and_the_miss_alert_fires_then_resolves() {
     let Some(prometheus) = require_tool("prometheus") else {
         return;
     };
     let s = scene();
-    let dir = s.dir.path();
-    std::fs::write(dir.join("rules.yml"), compressed_rules()).unwrap();
-    let port = common::free_port();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: qcapsd\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-            dir.join("rules.yml").display(),
-            s.agent.port
-        ),
-    )
-    .unwrap();
-    let child = Command::new(prometheus)
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let prom = Prometheus { child, port };
-    let ready = (0..300).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && raw_http(
-                port,
-                b"GET /-/ready HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
-            )
-            .status
-                == 200
-    });
-    assert!(
-        ready,
-        "prometheus did not start: {}",
-        std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
-    );
-
+    let prom = Prometheus::start(&prometheus, s.dir.path(), s.agent.port, &compressed_rules());
     // Steady queries: the hit-ratio recording rule yields 1.
     let mut ratio = None;
     for _ in 0..300 {

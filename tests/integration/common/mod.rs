@@ -9,6 +9,7 @@ pub mod in_process;
 pub mod libvirt;
 pub mod poll;
 pub mod procs;
+pub mod prometheus;
 pub mod stand_ins;
 
 pub use agent_proc::AgentProc;
@@ -18,4 +19,5 @@ pub use in_process::InProcess;
 pub use libvirt::*;
 pub use poll::poll_until;
 pub use procs::*;
+pub use prometheus::Prometheus;
 pub use stand_ins::*;
