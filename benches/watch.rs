@@ -67,7 +67,10 @@ fn main() {
         std::env::var("QEMU_BIN").unwrap_or_else(|_| "/usr/bin/qemu-system-x86_64".into()),
     );
     if !qemu.exists() {
-        eprintln!("watch bench: {} not found; nothing to measure", qemu.display());
+        eprintln!(
+            "watch bench: {} not found; nothing to measure",
+            qemu.display()
+        );
         return;
     }
     let waiters = env_or("QCAPSD_BENCH_WAITERS", if bench { 1000 } else { 200 }) as usize;

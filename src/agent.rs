@@ -9,7 +9,6 @@ use crate::emulators::{Emulators, ProbeSettings, Reporter};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::model::{EmulatorRow, HostDoc, KvmDoc, SystemFacts};
-use crate::qemu::exec::Accel;
 use crate::qemu::fingerprint::Host;
 use crate::watch::Versions;
 use std::collections::BTreeMap;
@@ -50,7 +49,7 @@ pub struct Agent {
 
 fn settings(cfg: &Config) -> ProbeSettings {
     ProbeSettings::new(
-        Accel::Auto,
+        cfg.accels.0.clone(),
         *cfg.probe_timeout,
         cfg.device_properties(),
         cfg.module_dirs(),

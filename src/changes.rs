@@ -470,83 +470,8 @@ pub fn summarize(emulator: &str, reason: &str, items: &[Item]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qemu::caps::{Emulator, Kvm, ProbeInfo, QemuVersion};
-
-    fn doc() -> Capabilities {
-        Capabilities {
-            schema_version: 2,
-            emulator: Emulator {
-                name: "q".into(),
-                path: "/usr/bin/q".into(),
-            },
-            qemu: Some(QemuVersion {
-                version: "9.1.0".into(),
-                major: 9,
-                minor: 1,
-                micro: 0,
-                package: "Debian 9.1".into(),
-            }),
-            arch: Some("x86_64".into()),
-            accel: "kvm".into(),
-            kvm: Some(Kvm {
-                present: true,
-                enabled: true,
-            }),
-            machines: vec![
-                machine("pc-q35-9.1", Some("q35"), true, 4096),
-                machine("pc-i440fx-9.1", Some("pc"), false, 255),
-            ],
-            cpu_models: vec![
-                cpu("Haswell", Some(true), &[]),
-                cpu("Skylake", Some(false), &["avx512f"]),
-            ],
-            devices: vec!["qxl".into(), "virtio-blk-pci".into()],
-            devices_source: None,
-            device_properties: BTreeMap::from([(
-                "virtio-blk-pci".to_owned(),
-                vec![prop("num-queues", "uint16", Some(65535))],
-            )]),
-            commands: vec!["query-kvm".into(), "quit".into()],
-            probe: ProbeInfo {
-                started_at: "2026-11-28T00:00:00Z".into(),
-                duration_seconds: 0.1,
-                execs: 1,
-            },
-        }
-    }
-
-    fn machine(name: &str, alias: Option<&str>, default: bool, cpu_max: u64) -> Machine {
-        Machine {
-            name: name.into(),
-            alias: alias.map(Into::into),
-            is_default: default,
-            cpu_max,
-            deprecated: false,
-            hotpluggable_cpus: None,
-            default_cpu_type: None,
-        }
-    }
-
-    fn cpu(name: &str, usable: Option<bool>, blockers: &[&str]) -> CpuModel {
-        CpuModel {
-            name: name.into(),
-            typename: None,
-            usable,
-            unavailable_features: blockers.iter().map(|b| (*b).to_owned()).collect(),
-            deprecated: false,
-            static_: false,
-            migration_safe: None,
-        }
-    }
-
-    fn prop(name: &str, ty: &str, default: Option<u64>) -> DeviceProperty {
-        DeviceProperty {
-            name: name.into(),
-            type_: ty.into(),
-            default_value: default.map(Into::into),
-            description: None,
-        }
-    }
+    use crate::qemu::caps::Kvm;
+    use crate::qemu::caps::sample::{cpu, doc, machine, prop};
 
     /// The items of `diff(doc(), changed(doc()))`, as (kind, name, breaking).
     fn changes(change: impl Fn(&mut Capabilities)) -> Vec<(&'static str, String, bool)> {

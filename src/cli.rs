@@ -39,13 +39,19 @@ pub enum Command {
     /// Probe one emulator once and print its capabilities JSON on stdout.
     Probe {
         /// Path of the QEMU binary.
-        path: PathBuf,
-        /// Accelerator to probe under.
+        #[arg(required_unless_present = "schema")]
+        path: Option<PathBuf>,
+        /// `auto`: as the agent does by default (KVM where it works, plus a
+        /// TCG pass for CPU usability under TCG); `kvm` or `tcg`: one pass
+        /// under that accelerator only.
         #[arg(long, value_enum, default_value_t = Accel::Auto)]
         accel: Accel,
         /// Give up (and kill QEMU) after this many seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Print the JSON Schema of the capabilities document instead.
+        #[arg(long, conflicts_with_all = ["path", "accel", "timeout"])]
+        schema: bool,
     },
     /// Ask a running agent.
     Query {
@@ -65,6 +71,68 @@ pub enum Command {
         /// Print the answer, then each new one as it changes (long-poll).
         #[arg(long)]
         watch: bool,
+    },
+    /// Can this host run such a VM? Asks a running agent; exits 0 if yes,
+    /// 1 if not, 69 if no agent answers, 64 for a bad question.
+    Check {
+        /// Agent address (default http://127.0.0.1:9733, or $QCAPSD_ADDR).
+        #[arg(long, conflicts_with = "socket")]
+        addr: Option<String>,
+        /// The agent's unix socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The emulator (see `qcapsd query`); or --arch.
+        #[arg(conflicts_with = "arch")]
+        emulator: Option<String>,
+        /// The guest architecture: picks the emulator for it.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Machine type or alias (default: QEMU's default machine).
+        #[arg(long)]
+        machine: Option<String>,
+        /// CPU model.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// A device type or alias; repeat for more.
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// kvm or tcg (default: what the agent probed under).
+        #[arg(long, value_parser = ["kvm", "tcg"])]
+        accel: Option<String>,
+        /// Number of vCPUs.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        cpus: Option<u64>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What several hosts' capabilities share (a pool's baseline) and where
+    /// a VM can run. Each INPUT is a document written by `qcapsd probe`, a
+    /// saved `GET /v1/emulators/NAME`, `-` (stdin) or an agent URL
+    /// http://HOST:PORT/v1/emulators/NAME.
+    Compare {
+        /// Two or more documents of the same architecture.
+        #[arg(required = true, num_args = 2..)]
+        inputs: Vec<String>,
+        /// Check this machine type or alias on every input.
+        #[arg(long)]
+        machine: Option<String>,
+        /// Check this CPU model on every input.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Check this device on every input; repeat for more.
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// Read CPU usability under this accelerator on every input
+        /// (default: each input's own).
+        #[arg(long, value_parser = ["kvm", "tcg"])]
+        accel: Option<String>,
+        /// Number of vCPUs, checked against the machine's limit.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        cpus: Option<u64>,
+        /// Print the comparison as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a config file and say what it would do.
     CheckConfig { file: PathBuf },

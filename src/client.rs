@@ -128,6 +128,81 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The path of `GET /v1/check` for a question.
+pub fn check_path(
+    emulator: Option<&str>,
+    arch: Option<&str>,
+    req: &crate::check::CheckRequest,
+) -> String {
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    let mut add = |k, v: Option<&str>| {
+        if let Some(v) = v {
+            pairs.push((k, percent_encode(v)));
+        }
+    };
+    add("emulator", emulator);
+    add("arch", arch);
+    add("machine", req.machine.as_deref());
+    add("cpu", req.cpu.as_deref());
+    for d in &req.devices {
+        add("device", Some(d));
+    }
+    add("accel", req.accel.as_deref());
+    let cpus = req.cpus.map(|n| n.to_string());
+    add("cpus", cpus.as_deref());
+    let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if query.is_empty() {
+        "/v1/check".to_owned()
+    } else {
+        format!("/v1/check?{}", query.join("&"))
+    }
+}
+
+/// A verdict as text: the answer, what it is about, then each problem and
+/// warning on its own line.
+pub fn render_verdict(v: &crate::check::Verdict) -> String {
+    let mut out = String::new();
+    let about: Vec<String> = [
+        v.machine
+            .as_ref()
+            .map(|m| match (&m.requested, &m.resolved) {
+                (Some(r), Some(c)) if r != c => format!("machine {r} ({c})"),
+                (_, Some(c)) => format!("machine {c}"),
+                (Some(r), None) => format!("machine {r}"),
+                (None, None) => String::new(),
+            }),
+        v.cpu.as_ref().map(|c| format!("cpu {}", c.requested)),
+        (!v.devices.is_empty()).then(|| {
+            let names: Vec<&str> = v.devices.iter().map(|d| d.name.as_str()).collect();
+            format!("devices {}", names.join(", "))
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|s| !s.is_empty())
+    .collect();
+    let _ = writeln!(
+        out,
+        "{}: {} {} under {}{}",
+        if v.ok { "ok" } else { "NO" },
+        v.emulator,
+        if v.ok { "can run" } else { "cannot run" },
+        v.accel,
+        if about.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", about.join("; "))
+        }
+    );
+    for p in &v.problems {
+        let _ = writeln!(out, "  problem: {p}");
+    }
+    for w in &v.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+    out
+}
+
 /// An answer as the client got it.
 #[derive(Debug)]
 pub struct Fetched {

@@ -34,6 +34,10 @@ pub mod defaults {
     pub const FORCED_PROBE_INTERVAL: Duration = Duration::from_secs(10);
     /// Changes kept per emulator.
     pub const CHANGE_HISTORY: u64 = 50;
+    /// Accelerators whose CPU usability is probed, in order of preference:
+    /// both, as libvirt does, so that a check for either is answered from
+    /// QEMU's own word (one more exec per emulator where KVM works).
+    pub const ACCELS: &[crate::qemu::Accel] = &[crate::qemu::Accel::Kvm, crate::qemu::Accel::Tcg];
     /// The longest a long-poll (`?wait=`) is held.
     pub const MAX_WAIT: Duration = Duration::from_secs(300);
     pub const HOST_ROOT: &str = "/";
@@ -115,6 +119,8 @@ pub struct Config {
     /// `None`: the default discovery.
     pub emulators: Option<EmulatorList>,
     pub device_properties: Vec<DeviceName>,
+    /// Accelerators probed, in order of preference (`kvm`, `tcg`).
+    pub accels: Accels,
     /// Root of the host files read for the fingerprint (`/proc/cpuinfo`,
     /// `/dev/kvm`, …); tests point it at a fixture tree.
     pub host_root: AbsPath,
@@ -176,6 +182,7 @@ impl Default for Config {
                 .iter()
                 .map(|s| DeviceName((*s).to_owned()))
                 .collect(),
+            accels: Accels(defaults::ACCELS.to_vec()),
             host_root: AbsPath(PathBuf::from(defaults::HOST_ROOT)),
             module_dirs: None,
             http: HttpLimits::default(),
@@ -454,6 +461,50 @@ from_str_visitor!(GlobPattern, "an absolute glob pattern", |s| {
         Ok(GlobPattern(s.to_owned()))
     }
 });
+
+/// `accels`: one or two of `kvm` and `tcg`, in order of preference, each
+/// once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accels(pub Vec<crate::qemu::Accel>);
+
+impl<'de> Deserialize<'de> for Accels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use crate::qemu::Accel;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Accels;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of accelerators: kvm, tcg")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Accels, A::Error> {
+                let mut out = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    let a = match name.as_str() {
+                        "kvm" => Accel::Kvm,
+                        "tcg" => Accel::Tcg,
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown accelerator '{}': use kvm or tcg",
+                                other.escape_debug()
+                            )));
+                        }
+                    };
+                    if out.contains(&a) {
+                        return Err(de::Error::custom(format!("'{name}' is listed twice")));
+                    }
+                    out.push(a);
+                }
+                if out.is_empty() {
+                    return Err(de::Error::custom(
+                        "an empty list: name at least one of kvm, tcg",
+                    ));
+                }
+                Ok(Accels(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
 
 /// An integer in `MIN..=MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -916,5 +967,17 @@ mod tests {
             "bad device name ''",
             1,
         );
+    }
+
+    #[test]
+    fn accels_are_kvm_and_tcg_once_each() {
+        use crate::qemu::Accel;
+        assert_eq!(Config::default().accels.0, [Accel::Kvm, Accel::Tcg]);
+        let c = Config::parse("accels: [tcg]\n").unwrap();
+        assert_eq!(c.accels.0, [Accel::Tcg]);
+        says_at("\naccels: [kvm, hvf]\n", "unknown accelerator 'hvf'", 2);
+        says_at("accels: [kvm, kvm]\n", "'kvm' is listed twice", 1);
+        says_at("accels: []\n", "an empty list", 1);
+        assert!(err("accels: kvm\n").contains("accels"));
     }
 }

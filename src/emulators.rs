@@ -129,8 +129,8 @@ pub enum CacheFileError {
 /// How probes are run; replaced as a whole on reload.
 #[derive(Debug, Clone)]
 pub struct ProbeSettings {
-    /// The accelerator probes ask for.
-    pub accel: Accel,
+    /// The accelerators probed, in order of preference (config `accels`).
+    pub accels: Vec<Accel>,
     /// A probe taking longer is killed.
     pub timeout: Duration,
     /// Devices whose properties are read.
@@ -146,13 +146,13 @@ pub struct ProbeSettings {
 
 impl ProbeSettings {
     pub fn new(
-        accel: Accel,
+        accels: Vec<Accel>,
         timeout: Duration,
         devices: Vec<String>,
         candidates: Vec<PathBuf>,
     ) -> Self {
         ProbeSettings {
-            accel,
+            accels,
             timeout,
             devices,
             module_dirs: existing(&candidates),
@@ -294,7 +294,7 @@ impl Handler for Emulators {
         let path = &view.table.get(key).ok_or(Absent::Missing)?.path;
         let s = &view.settings;
         self.host
-            .fingerprint(path, &s.module_dirs, s.accel, &view.host)
+            .fingerprint(path, &s.module_dirs, &s.accels, &view.host)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Absent::Missing,
                 _ => {
@@ -322,35 +322,34 @@ impl Handler for Emulators {
         let settings = &view.settings;
         // A host whose /dev/kvm the agent cannot use gets a TCG probe, and
         // TCG's answers (CPU usability under TCG).
-        let accel = match settings.accel {
-            Accel::Auto if !stamp.kvm_usable => Accel::Tcg,
-            other => other,
-        };
         let req = ProbeRequest {
-            name: spec.name.clone(),
-            accel,
             timeout: settings.timeout,
             devices: settings.devices.clone(),
             tag: Some(self.probe_tag.clone()),
-        };
+            ..ProbeRequest::new(spec.name.clone())
+        }
+        .accels(&settings.accels, stamp.kvm_usable);
         self.metrics.probe_started(key);
         let started = Instant::now();
         let result = probe(&spec.path, &req, &self.counter, &cancel).await;
         // Every QEMU process that was started is timed, failed ones too.
-        let exec_time = match &result {
-            Ok((_, report)) => Some(report.exec.duration),
-            Err(ProbeError::Exec(e)) if !e.started() => None,
-            Err(_) => Some(started.elapsed()),
-        };
-        if let Some(t) = exec_time {
-            self.metrics.observe_exec(key, t);
+        match &result {
+            Ok((_, report)) => {
+                for exec in std::iter::once(&report.exec).chain(&report.passes) {
+                    self.metrics.observe_exec(key, exec.duration);
+                }
+            }
+            Err(ProbeError::Exec(e)) if !e.started() => {}
+            Err(_) => self.metrics.observe_exec(key, started.elapsed()),
         }
         match result {
-            Ok((caps, report)) => {
+            Ok((caps, _)) => {
                 self.metrics.probe_succeeded(key, unix_now());
-                tracing::info!(emulator = key, path = %spec.path.display(), seconds = report.exec.duration.as_secs_f64(),
+                tracing::info!(emulator = key, path = %spec.path.display(), seconds = caps.probe.duration_seconds,
+                               execs = caps.probe.execs,
                                version = caps.qemu.as_ref().map(|q| q.version.as_str()).unwrap_or("?"), "probed");
-                Ok(Entry::new(caps, stamp, report.exec.duration.as_secs_f64())?)
+                let seconds = caps.probe.duration_seconds;
+                Ok(Entry::new(caps, stamp, seconds)?)
             }
             Err(e) => {
                 if !matches!(e, ProbeError::Exec(ExecError::Cancelled { .. })) {

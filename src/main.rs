@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
+use qcapsd::check::{CheckRequest, Verdict};
 use qcapsd::cli::{Cli, Command, LogFormat};
 use qcapsd::client::{self, QueryError, Target, What};
 use qcapsd::config::Config;
@@ -44,11 +45,61 @@ fn main() -> ExitCode {
     });
     match command {
         Command::Run { config, log_format } => run(&runtime, config, log_format),
+        Command::Probe { schema: true, .. } => print_json(&qcapsd::openapi::document_schema()),
         Command::Probe {
-            path,
+            path: Some(path),
             accel,
             timeout,
+            ..
         } => runtime.block_on(probe(path, accel, timeout)),
+        Command::Probe { path: None, .. } => {
+            eprintln!("qcapsd: probe needs the path of a QEMU binary");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Command::Check {
+            addr,
+            socket,
+            emulator,
+            arch,
+            machine,
+            cpu,
+            devices,
+            accel,
+            cpus,
+            json,
+        } => {
+            let target = match target_of(addr, socket) {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            let req = CheckRequest {
+                machine,
+                cpu,
+                devices,
+                accel,
+                cpus,
+            };
+            runtime.block_on(check(target, emulator, arch, req, json))
+        }
+        Command::Compare {
+            inputs,
+            machine,
+            cpu,
+            devices,
+            accel,
+            cpus,
+            json,
+        } => {
+            let vm = (machine.is_some() || cpu.is_some() || !devices.is_empty() || cpus.is_some())
+                .then_some(CheckRequest {
+                    machine,
+                    cpu,
+                    devices,
+                    accel: None,
+                    cpus,
+                });
+            runtime.block_on(compare(inputs, accel, vm, json))
+        }
         Command::Query {
             addr,
             socket,
@@ -119,19 +170,136 @@ async fn probe(path: PathBuf, accel: Accel, timeout: u64) -> ExitCode {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
     let mut req = ProbeRequest::new(name);
-    req.accel = accel;
+    if accel == Accel::Auto {
+        // As the agent does with its default `accels`.
+        let kvm_usable = qemu::fingerprint::Host::new("/").kvm_usable();
+        req = req.accels(qcapsd::config::defaults::ACCELS, kvm_usable);
+    } else {
+        req.accel = accel;
+    }
     req.timeout = Duration::from_secs(timeout.max(1));
     let cancel = CancellationToken::new();
     match qemu::probe(&path, &req, &ExecCounter::default(), &cancel).await {
-        Ok((caps, _)) => print_bytes(&match serde_json::to_vec_pretty(&caps) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("qcapsd: cannot serialize the capabilities: {e}");
-                return ExitCode::from(1);
-            }
-        }),
+        Ok((caps, _)) => print_json(&caps),
         Err(e) => {
             eprintln!("qcapsd: probe failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Where the agent is: `--socket`, `--addr`, `$QCAPSD_ADDR`, or the
+/// default address.
+fn target_of(addr: Option<String>, socket: Option<PathBuf>) -> Result<Target, ExitCode> {
+    match (socket, addr.or_else(|| std::env::var("QCAPSD_ADDR").ok())) {
+        (Some(s), _) => Ok(Target::Unix(s)),
+        (None, Some(a)) => Target::from_addr(&a).map_err(|e| {
+            eprintln!("qcapsd: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }),
+        (None, None) => Ok(Target::Tcp {
+            authority: qcapsd::config::defaults::LISTEN.to_owned(),
+        }),
+    }
+}
+
+/// `qcapsd check`: 0 the VM can run, 1 it cannot, 64 a bad question
+/// (400, or an unknown emulator), 69 no agent answers (or it has no
+/// answer yet).
+async fn check(
+    target: Target,
+    emulator: Option<String>,
+    arch: Option<String>,
+    req: CheckRequest,
+    json: bool,
+) -> ExitCode {
+    let path = client::check_path(emulator.as_deref(), arch.as_deref(), &req);
+    let body = match client::get(&target, &path).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("qcapsd: {e}");
+            return ExitCode::from(match e {
+                QueryError::Unreachable { .. } | QueryError::Http { status: 503, .. } => {
+                    EXIT_UNAVAILABLE
+                }
+                QueryError::Http {
+                    status: 400 | 404, ..
+                } => EXIT_USAGE,
+                _ => 1,
+            });
+        }
+    };
+    let verdict: Verdict = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("qcapsd: bad answer from the agent: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let printed = if json {
+        print_bytes(&body)
+    } else {
+        print_bytes(client::render_verdict(&verdict).as_bytes())
+    };
+    if printed != ExitCode::SUCCESS {
+        return printed;
+    }
+    if verdict.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `qcapsd compare`: 0, or 1 when a VM was asked about and some input
+/// cannot run it; 64 for bad or mixed inputs, 69 for an agent URL that
+/// does not answer.
+async fn compare(
+    inputs: Vec<String>,
+    accel: Option<String>,
+    vm: Option<CheckRequest>,
+    json: bool,
+) -> ExitCode {
+    if inputs.iter().filter(|i| *i == "-").count() > 1 {
+        eprintln!("qcapsd: '-' (stdin) can be given once");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let mut loaded = Vec::with_capacity(inputs.len());
+    for i in &inputs {
+        match qcapsd::compare::load(i).await {
+            Ok(input) => loaded.push(input),
+            Err(e) => {
+                eprintln!("qcapsd: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        }
+    }
+    let c = match qcapsd::compare::compare(&loaded, accel.as_deref(), vm.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("qcapsd: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let printed = if json {
+        print_json(&c)
+    } else {
+        print_bytes(qcapsd::compare::render(&c).as_bytes())
+    };
+    let all_can_run = c.vm.iter().flatten().all(|v| v.ok);
+    if printed != ExitCode::SUCCESS || all_can_run {
+        printed
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Pretty JSON on stdout.
+fn print_json(v: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_vec_pretty(v) {
+        Ok(b) => print_bytes(&b),
+        Err(e) => {
+            eprintln!("qcapsd: cannot encode JSON: {e}");
             ExitCode::from(1)
         }
     }
@@ -144,18 +312,9 @@ async fn query(
     json: bool,
     watch: bool,
 ) -> ExitCode {
-    let target = match (socket, addr.or_else(|| std::env::var("QCAPSD_ADDR").ok())) {
-        (Some(s), _) => Target::Unix(s),
-        (None, Some(a)) => match Target::from_addr(&a) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("qcapsd: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
-        (None, None) => Target::Tcp {
-            authority: qcapsd::config::defaults::LISTEN.to_owned(),
-        },
+    let target = match target_of(addr, socket) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     if watch {
         return watch_answers(&target, &what, json).await;
@@ -252,6 +411,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         *cfg.revalidate_interval,
         *cfg.probe_timeout,
         cfg.probe_concurrency()
+    );
+    let accels: Vec<&str> = cfg.accels.0.iter().map(|a| a.as_str()).collect();
+    out += &format!(
+        "accelerators probed: {} (the first that works is each document's accel)\n",
+        accels.join(", ")
     );
     out += &format!(
         "device properties read for {} device type(s)\n",

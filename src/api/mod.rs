@@ -11,7 +11,12 @@
 //!   at most one per `forced_probe_interval` (else 429 with Retry-After)
 //! - `GET /v1/emulators/{name}/changes` — what re-probes found changed,
 //!   newest first; `GET /v1/changes?since=RFC3339` — every emulator's
+//! - `GET /v1/check?emulator=|arch=&machine=&cpu=&device=…&accel=&cpus=` —
+//!   can this host run such a VM? a verdict with problems and warnings
+//!   ([`check`], [`crate::check`])
 //! - `GET /v1/host` — the host facts the fingerprint uses, and the machine
+//! - `GET /v1/openapi.json` — the OpenAPI 3.1 description of all of this
+//!   ([`crate::openapi`])
 //! - `GET /healthz`, `GET /readyz` — liveness, readiness
 //! - `GET /metrics` — Prometheus text format
 //!
@@ -26,6 +31,7 @@
 //! opened as a path or executed. [`serve`] holds the connection loop and
 //! its limits.
 
+pub mod check;
 pub mod query;
 pub mod serve;
 
@@ -104,7 +110,9 @@ pub fn router(ctx: Ctx, _limits: &HttpLimits) -> Router {
         .route("/v1/emulators/{name}/revalidate", post(revalidate))
         .route("/v1/emulators/{name}/changes", get(emulator_changes))
         .route("/v1/changes", get(all_changes))
+        .route("/v1/check", get(check::handler))
         .route("/v1/host", get(host))
+        .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -216,7 +224,7 @@ fn error_with_state(status: StatusCode, msg: &str, state: Option<crate::cache::S
     )
 }
 
-fn json_value(status: StatusCode, v: &impl Serialize) -> Response {
+pub(crate) fn json_value(status: StatusCode, v: &impl Serialize) -> Response {
     match serde_json::to_vec(v) {
         Ok(b) => (status, [(header::CONTENT_TYPE, "application/json")], b).into_response(),
         Err(e) => (
@@ -292,7 +300,10 @@ async fn index() -> Response {
         "/machines, /cpu-models, /devices, /devices/{device}, /commands: its parts</li>",
         "<li><a href=\"/v1/changes\">/v1/changes</a>: what re-probes found changed; ",
         "/v1/emulators/{name}/changes: one emulator's</li>",
+        "<li>/v1/check?emulator=NAME&amp;machine=M&amp;cpu=C&amp;device=D&amp;accel=kvm&amp;cpus=N: ",
+        "can this host run such a VM?</li>",
         "<li><a href=\"/v1/host\">/v1/host</a>: kernel, CPU, KVM</li>",
+        "<li><a href=\"/v1/openapi.json\">/v1/openapi.json</a>: this API in OpenAPI 3.1</li>",
         "<li><a href=\"/healthz\">/healthz</a>, <a href=\"/readyz\">/readyz</a></li>",
         "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>",
         "</ul></body></html>"
@@ -330,7 +341,7 @@ fn wait_param(ctx: &Ctx, raw: Option<&str>) -> Result<Option<Duration>, query::Q
     }
 }
 
-fn bad_query(e: &query::QueryError) -> Response {
+pub(crate) fn bad_query(e: &query::QueryError) -> Response {
     json_error(StatusCode::BAD_REQUEST, &e.to_string())
 }
 
@@ -407,7 +418,7 @@ fn with_jitter(wait: Duration) -> Duration {
 /// Looks up a configured emulator; every failure is a JSON error. Only a
 /// lookup that must wait on a probe is bounded by `request_timeout` (the
 /// probe itself goes on for the next caller).
-async fn lookup(ctx: &Ctx, name: &str) -> Result<Answer<Entry>, Response> {
+pub(crate) async fn lookup(ctx: &Ctx, name: &str) -> Result<Answer<Entry>, Response> {
     let answer = match ctx.agent.cache.begin(name) {
         Ok(Lookup::Ready(a)) => Ok(a),
         Ok(Lookup::Waiting(w)) => match tokio::time::timeout(ctx.request_timeout, w.wait()).await {
@@ -456,7 +467,7 @@ fn lookup_error(ctx: &Ctx, name: &str, e: &LookupError) -> Response {
 }
 
 /// A name echoed in an error: bounded and without control characters.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     let mut out: String = s.chars().filter(|c| !c.is_control()).take(80).collect();
     if s.chars().count() > 80 {
         out.push('…');
@@ -619,6 +630,17 @@ async fn all_changes(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response 
         },
     };
     json_value(StatusCode::OK, &ctx.agent.history.since(since))
+}
+
+/// The OpenAPI description, generated once.
+async fn openapi() -> Response {
+    static BODY: std::sync::OnceLock<Result<Part, String>> = std::sync::OnceLock::new();
+    let part =
+        BODY.get_or_init(|| Part::json(&crate::openapi::document()).map_err(|e| e.to_string()));
+    match part {
+        Ok(p) => part_response(p, &HeaderMap::new(), "hit"),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
 }
 
 async fn host(State(ctx): State<Ctx>) -> Response {

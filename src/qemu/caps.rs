@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 /// 2: `devices` holds the user-creatable devices (what `-device` accepts),
 /// with `devices_source`; commands come from `query-commands`; the
 /// fingerprint gained CPUID, KVM nested and secure-guest facts.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: `other_accels`, CPU usability under the other configured
+/// accelerators (config `accels`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Everything one probe learned about one emulator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -38,6 +40,10 @@ pub struct Capabilities {
     pub cpu_models: Vec<CpuModel>,
     /// The devices `-device` accepts (user-creatable), sorted.
     pub devices: Vec<String>,
+    /// Short names `-device` also accepts, each with the device it names
+    /// (`virtio-blk` → `virtio-blk-pci`), from `device_add help`.
+    #[serde(default)]
+    pub device_aliases: BTreeMap<String, String>,
     /// Where `devices` came from: `device_add help` (exactly `-device
     /// help`'s list), or, for a QEMU that does not answer it over QMP,
     /// `qom-list-types`, which also holds devices `-device` refuses (e.g.
@@ -48,6 +54,12 @@ pub struct Capabilities {
     pub device_properties: BTreeMap<String, Vec<DeviceProperty>>,
     /// The QMP commands QEMU accepts, sorted.
     pub commands: Vec<String>,
+    /// What is known under each configured accelerator (config `accels`)
+    /// other than `accel`: CPU model usability from a further probe pass,
+    /// or why there is none. An accelerator that is not a key here was not
+    /// asked about, so nothing is known about it.
+    #[serde(default)]
+    pub other_accels: BTreeMap<String, AccelPass>,
     /// When and how the probe ran.
     pub probe: ProbeInfo,
 }
@@ -142,6 +154,31 @@ pub struct CpuModel {
     pub migration_safe: Option<bool>,
 }
 
+/// CPU model usability under one more accelerator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccelPass {
+    /// Why QEMU cannot run under this accelerator here (e.g. `/dev/kvm`
+    /// is missing, or a build without TCG refused it); `None` when the pass
+    /// answered.
+    pub error: Option<String>,
+    /// Each CPU model's usability under this accelerator (empty with an
+    /// error).
+    pub cpu_models: Vec<CpuUsability>,
+}
+
+/// One CPU model's usability under one accelerator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CpuUsability {
+    /// The name `-cpu` takes.
+    pub name: String,
+    /// `None` where QEMU does not report usability.
+    pub usable: Option<bool>,
+    /// The features that block the model (empty when usable).
+    pub unavailable_features: Vec<String>,
+}
+
 /// One property of a device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -165,8 +202,96 @@ pub struct DeviceProperty {
 pub struct ProbeInfo {
     /// RFC 3339, UTC.
     pub started_at: String,
-    /// Wall time of the QEMU process, spawn to reaped.
+    /// Wall time of the QEMU processes (every pass), spawn to reaped.
     pub duration_seconds: f64,
-    /// QEMU processes started for this probe (counted by the exec sandbox).
+    /// QEMU processes started for this probe (counted by the exec sandbox):
+    /// one, plus one per further accelerator pass.
     pub execs: u64,
+}
+
+/// A small document for unit tests.
+#[cfg(test)]
+pub(crate) mod sample {
+    use super::*;
+
+    pub fn doc() -> Capabilities {
+        Capabilities {
+            schema_version: SCHEMA_VERSION,
+            emulator: Emulator {
+                name: "q".into(),
+                path: "/usr/bin/q".into(),
+            },
+            qemu: Some(QemuVersion {
+                version: "9.1.0".into(),
+                major: 9,
+                minor: 1,
+                micro: 0,
+                package: "Debian 9.1".into(),
+            }),
+            arch: Some("x86_64".into()),
+            accel: "kvm".into(),
+            kvm: Some(Kvm {
+                present: true,
+                enabled: true,
+            }),
+            machines: vec![
+                machine("pc-q35-9.1", Some("q35"), true, 4096),
+                machine("pc-i440fx-9.1", Some("pc"), false, 255),
+            ],
+            cpu_models: vec![
+                cpu("Haswell", Some(true), &[]),
+                cpu("Skylake", Some(false), &["avx512f"]),
+            ],
+            devices: vec!["qxl".into(), "virtio-blk-pci".into()],
+            device_aliases: BTreeMap::from([(
+                "virtio-blk".to_owned(),
+                "virtio-blk-pci".to_owned(),
+            )]),
+            devices_source: Some(DevicesSource::DeviceAddHelp),
+            device_properties: BTreeMap::from([(
+                "virtio-blk-pci".to_owned(),
+                vec![prop("num-queues", "uint16", Some(65535))],
+            )]),
+            commands: vec!["query-kvm".into(), "quit".into()],
+            other_accels: BTreeMap::new(),
+            probe: ProbeInfo {
+                started_at: "2026-11-28T00:00:00Z".into(),
+                duration_seconds: 0.1,
+                execs: 1,
+            },
+        }
+    }
+
+    pub fn machine(name: &str, alias: Option<&str>, default: bool, cpu_max: u64) -> Machine {
+        Machine {
+            name: name.into(),
+            alias: alias.map(Into::into),
+            is_default: default,
+            cpu_max,
+            deprecated: false,
+            hotpluggable_cpus: None,
+            default_cpu_type: None,
+        }
+    }
+
+    pub fn cpu(name: &str, usable: Option<bool>, blockers: &[&str]) -> CpuModel {
+        CpuModel {
+            name: name.into(),
+            typename: None,
+            usable,
+            unavailable_features: blockers.iter().map(|b| (*b).to_owned()).collect(),
+            deprecated: false,
+            static_: false,
+            migration_safe: None,
+        }
+    }
+
+    pub fn prop(name: &str, ty: &str, default: Option<u64>) -> DeviceProperty {
+        DeviceProperty {
+            name: name.into(),
+            type_: ty.into(),
+            default_value: default.map(Into::into),
+            description: None,
+        }
+    }
 }

@@ -165,6 +165,19 @@ impl ExecError {
         )
     }
 
+    /// Whether QEMU ended the conversation by exiting on its own (it
+    /// refused its command line, e.g. an accelerator it lacks), rather
+    /// than by a timeout, a cancellation or a garbled conversation.
+    pub fn exited_on_its_own(&self) -> bool {
+        matches!(
+            self,
+            ExecError::Qmp {
+                status: Some(_),
+                ..
+            }
+        )
+    }
+
     /// A short, bounded label for metrics (`reason`).
     pub fn reason(&self) -> &'static str {
         match self {

@@ -104,8 +104,8 @@ pub struct Fingerprint {
     /// Whether the user the agent (and so every probe) runs as may open
     /// `/dev/kvm` read-write.
     pub kvm_usable: bool,
-    /// The accelerator asked for.
-    pub accel: Accel,
+    /// The accelerators asked for (config `accels`).
+    pub accels: Vec<Accel>,
     /// Recorded only when the probe could use KVM. Shared with the
     /// handler's snapshot, so taking a stamp copies no strings.
     pub host: Option<Arc<HostContext>>,
@@ -126,7 +126,7 @@ impl Fingerprint {
         if old.kvm_usable != new.kvm_usable {
             return "kvm_changed";
         }
-        if old.accel != new.accel {
+        if old.accels != new.accels {
             return "config_changed";
         }
         match (&old.host, &new.host) {
@@ -268,7 +268,7 @@ impl Host {
         &self,
         binary: &Path,
         module_dirs: &[PathBuf],
-        accel: Accel,
+        accels: &[Accel],
         host: &Arc<HostContext>,
     ) -> std::io::Result<Fingerprint> {
         let binary = FileStamp::of(binary)?;
@@ -277,13 +277,13 @@ impl Host {
             .map(|d| (d.clone(), FileStamp::of(d).ok().map(|s| s.mtime_ns)))
             .collect();
         let kvm_usable = self.kvm_usable();
-        let accelerated = kvm_usable && accel != Accel::Tcg;
+        let accelerated = kvm_usable && accels.contains(&Accel::Kvm);
         Ok(Fingerprint {
             schema_version: SCHEMA_VERSION,
             binary,
             module_dirs,
             kvm_usable,
-            accel,
+            accels: accels.to_vec(),
             host: accelerated.then(|| Arc::clone(host)),
         })
     }
@@ -416,7 +416,7 @@ mod tests {
 
     fn fingerprint(host: &Host, bin: &Path) -> Fingerprint {
         let ctx = Arc::new(host.context());
-        host.fingerprint(bin, &[], Accel::Auto, &ctx).unwrap()
+        host.fingerprint(bin, &[], &[Accel::Kvm], &ctx).unwrap()
     }
 
     #[test]
@@ -555,14 +555,14 @@ mod tests {
     fn fingerprint_records_host_only_when_kvm_can_be_used() {
         let (root, bin, host) = bare_root();
         let ctx = Arc::new(host.context());
-        let no_kvm = host.fingerprint(&bin, &[], Accel::Auto, &ctx).unwrap();
+        let no_kvm = host.fingerprint(&bin, &[], &[Accel::Kvm], &ctx).unwrap();
         assert!(!no_kvm.kvm_usable && no_kvm.host.is_none());
         std::fs::create_dir_all(root.path().join("dev")).unwrap();
         std::fs::write(root.path().join("dev/kvm"), "").unwrap();
-        let kvm = host.fingerprint(&bin, &[], Accel::Auto, &ctx).unwrap();
+        let kvm = host.fingerprint(&bin, &[], &[Accel::Kvm], &ctx).unwrap();
         assert_eq!(kvm.host.as_ref(), Some(&ctx));
         assert_eq!(Fingerprint::why_changed(&no_kvm, &kvm), "kvm_changed");
-        let tcg = host.fingerprint(&bin, &[], Accel::Tcg, &ctx).unwrap();
+        let tcg = host.fingerprint(&bin, &[], &[Accel::Tcg], &ctx).unwrap();
         assert!(
             tcg.host.is_none(),
             "a TCG probe does not depend on the host CPU"
@@ -580,7 +580,7 @@ mod tests {
         assert_eq!(Fingerprint::why_changed(&a, &b), "binary_changed");
         let ctx = Arc::new(host.context());
         assert!(
-            host.fingerprint(&d.path().join("gone"), &[], Accel::Auto, &ctx)
+            host.fingerprint(&d.path().join("gone"), &[], &[Accel::Kvm], &ctx)
                 .is_err()
         );
     }

@@ -8,7 +8,7 @@
 
 use super::caps::{CpuModel, DeviceProperty, Kvm, Machine, QemuVersion};
 use serde_json::{Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A reply did not have the shape its command promises.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -209,19 +209,47 @@ pub fn device_properties(v: &Value) -> Result<Vec<DeviceProperty>, ParseError> {
 /// names of its `name "..."` lines, sorted and without duplicates. Category
 /// headers, blank lines and anything else are skipped; a text with no such
 /// line (an error message) gives an empty list.
-pub fn device_help(text: &str) -> Vec<String> {
+pub fn device_help(text: &str) -> DeviceHelp {
     let mut names = BTreeSet::new();
+    let mut aliases = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.trim_start().strip_prefix("name \"") else {
+        let Some(rest) = line.trim_start().strip_prefix("name ") else {
             continue;
         };
-        if let Some(end) = rest.find('"') {
-            if end > 0 {
-                names.insert(rest[..end].to_owned());
-            }
+        let Some((name, rest)) = quoted(rest) else {
+            continue;
+        };
+        names.insert(name.to_owned());
+        // `, bus PCI, alias "virtio-blk", desc "..."`: the alias, if any.
+        let alias = rest
+            .split_once(", alias ")
+            .and_then(|(_, a)| quoted(a))
+            .map(|(a, _)| a);
+        if let Some(a) = alias {
+            aliases.insert(a.to_owned(), name.to_owned());
         }
     }
-    names.into_iter().collect()
+    DeviceHelp {
+        names: names.into_iter().collect(),
+        aliases,
+    }
+}
+
+/// What `device_add help` lists.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceHelp {
+    /// Device type names, sorted.
+    pub names: Vec<String>,
+    /// Alias → the device type it names (`-device virtio-blk` is
+    /// `virtio-blk-pci` on x86).
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// A non-empty `"..."` at the start of `s`, and what follows it.
+fn quoted(s: &str) -> Option<(&str, &str)> {
+    let inner = s.strip_prefix('"')?;
+    let end = inner.find('"')?;
+    (end > 0).then(|| (&inner[..end], &inner[end + 1..]))
 }
 
 /// `query-commands`: the names of the commands QEMU accepts.
@@ -347,16 +375,56 @@ mod tests {
     }
 
     #[test]
-    fn device_help_lists_the_names_only() {
+    fn device_help_lists_names_and_aliases() {
         let text = "Controller/Bridge/Hub devices:\n\
                     name \"pci-bridge\", bus PCI, desc \"Standard PCI Bridge\"\n\
                     name \"usb-hub\", bus usb-bus\n\n\
                     Network devices:\n\
                     name \"e1000\", bus PCI, alias \"e1000-82540em\", desc \"Intel Gigabit Ethernet\"\n\
                     name \"usb-hub\", bus usb-bus\n";
-        assert_eq!(device_help(text), ["e1000", "pci-bridge", "usb-hub"]);
-        assert!(device_help("Error: unknown command\n").is_empty());
-        assert!(device_help("name \"\", bus x\nname \"unterminated").is_empty());
+        let h = device_help(text);
+        assert_eq!(h.names, ["e1000", "pci-bridge", "usb-hub"]);
+        assert_eq!(
+            h.aliases.into_iter().collect::<Vec<_>>(),
+            [("e1000-82540em".to_owned(), "e1000".to_owned())]
+        );
+        assert_eq!(
+            device_help("Error: unknown command\n"),
+            DeviceHelp::default()
+        );
+        assert_eq!(
+            device_help("name \"\", bus x\nname \"unterminated"),
+            DeviceHelp::default()
+        );
+    }
+
+    /// `device_add help` as QEMU 10.0.2 (Debian's bookworm-backports
+    /// build) answers it over QMP: 436 devices, the count `-device help`
+    /// prints, 20 of them with an alias.
+    #[test]
+    fn device_help_reads_qemu_10_0_2() {
+        let text = include_str!("../../tests/fixtures/device-add-help-qemu-10.0.2.txt");
+        let h = device_help(text);
+        assert_eq!(h.names.len(), 436);
+        assert_eq!(h.aliases.len(), 20);
+        assert_eq!(h.aliases["virtio-blk"], "virtio-blk-pci");
+        for d in [
+            "virtio-net-pci",
+            "virtio-rng-pci",
+            "qxl-vga",
+            "usb-tablet",
+            "nvme",
+        ] {
+            assert!(h.names.binary_search(&d.to_owned()).is_ok(), "{d}");
+        }
+        for not_creatable in ["apic", "PIIX3", "ICH9-LPC", "kvm-apic"] {
+            assert!(
+                !h.names.iter().any(|n| n == not_creatable),
+                "{not_creatable}"
+            );
+        }
+        // Category headings and descriptions are not names.
+        assert!(!h.names.iter().any(|n| n.contains(' ')));
     }
 
     #[test]

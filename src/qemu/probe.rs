@@ -9,7 +9,9 @@
 //! empty; a broken conversation or a reply of the wrong shape fails the probe
 //! with an error that names the command.
 
-use super::caps::{Capabilities, DevicesSource, Emulator, ProbeInfo, SCHEMA_VERSION};
+use super::caps::{
+    AccelPass, Capabilities, CpuUsability, DevicesSource, Emulator, ProbeInfo, SCHEMA_VERSION,
+};
 use super::exec::{Accel, ExecCounter, ExecError, ExecReport, ExecSpec, with_qemu};
 use super::parse::{self, ParseError};
 use super::qmp::QmpError;
@@ -57,7 +59,14 @@ pub const DEFAULT_DEVICES: &[&str] = &[
 pub struct ProbeRequest {
     /// The emulator's configured name.
     pub name: String,
+    /// The accelerator of the main pass (the document's `accel`).
     pub accel: Accel,
+    /// Further accelerators whose CPU usability is learnt, each by a pass
+    /// of its own (one exec: `query-cpu-definitions` only). One the main
+    /// pass ended up under is skipped. See [`ProbeRequest::accels`].
+    pub also: Vec<Accel>,
+    /// Whether `/dev/kvm` is usable: a KVM pass is not tried otherwise.
+    pub kvm_usable: bool,
     pub timeout: Duration,
     /// Devices whose properties are read (those the emulator has).
     pub devices: Vec<String>,
@@ -70,10 +79,32 @@ impl ProbeRequest {
         ProbeRequest {
             name: name.into(),
             accel: Accel::Auto,
+            also: Vec::new(),
+            kvm_usable: true,
             timeout: Duration::from_secs(30),
             devices: DEFAULT_DEVICES.iter().map(|s| (*s).to_owned()).collect(),
             tag: None,
         }
+    }
+
+    /// The passes for the configured `accels` (`kvm` and/or `tcg`, in
+    /// order of preference): the main pass runs under the first that can
+    /// work (KVM falling back to TCG, as QEMU's `accel=kvm:tcg` does, for
+    /// an emulator KVM cannot run), every other one gets a pass of its own.
+    pub fn accels(mut self, accels: &[Accel], kvm_usable: bool) -> Self {
+        let first = accels.first().copied().unwrap_or(Accel::Kvm);
+        self.accel = match first {
+            Accel::Tcg => Accel::Tcg,
+            Accel::Kvm | Accel::Auto if kvm_usable => Accel::Auto,
+            Accel::Kvm | Accel::Auto => Accel::Tcg,
+        };
+        self.also = accels
+            .iter()
+            .copied()
+            .filter(|a| *a != Accel::Auto)
+            .collect();
+        self.kvm_usable = kvm_usable;
+        self
     }
 }
 
@@ -128,7 +159,10 @@ pub struct CommandTime {
 /// How a probe went.
 #[derive(Debug, Clone)]
 pub struct ProbeReport {
+    /// The main pass.
     pub exec: ExecReport,
+    /// Each further accelerator pass that started QEMU.
+    pub passes: Vec<ExecReport>,
     /// From QEMU's start to its greeting.
     pub startup: Duration,
     /// Each command in order.
@@ -152,10 +186,110 @@ struct Raw {
     times: Vec<CommandTime>,
 }
 
-/// Probes the emulator at `path` in one exec: one batch of commands, and a
-/// second round trip only for a QEMU that does not answer `device_add
-/// help` (then its devices come from `qom-list-types`).
+/// Probes the emulator at `path`: the main pass (one exec), then one exec
+/// per further accelerator in `req.also` (see [`ProbeRequest::accels`]).
 pub async fn probe(
+    path: &Path,
+    req: &ProbeRequest,
+    counter: &ExecCounter,
+    cancel: &CancellationToken,
+) -> Result<(Capabilities, ProbeReport), ProbeError> {
+    let (mut caps, mut report) = main_pass(path, req, counter, cancel).await?;
+    for &accel in &req.also {
+        if accel.as_str() == caps.accel || caps.other_accels.contains_key(accel.as_str()) {
+            continue;
+        }
+        let pass = match accel {
+            Accel::Kvm if !req.kvm_usable => {
+                refused("/dev/kvm is missing, or the agent's user cannot open it")
+            }
+            // The main pass asked for KVM and QEMU fell back to TCG.
+            Accel::Kvm if req.accel == Accel::Auto => {
+                refused("KVM does not start for this emulator (QEMU fell back to TCG)")
+            }
+            _ => {
+                let (pass, exec) = cpu_pass(path, req, accel, counter, cancel).await?;
+                if let Some(exec) = exec {
+                    caps.probe.execs += exec.execs;
+                    caps.probe.duration_seconds += exec.duration.as_secs_f64();
+                    report.passes.push(exec);
+                }
+                pass
+            }
+        };
+        caps.other_accels.insert(accel.as_str().to_owned(), pass);
+    }
+    Ok((caps, report))
+}
+
+fn refused(why: &str) -> AccelPass {
+    AccelPass {
+        error: Some(why.to_owned()),
+        cpu_models: Vec::new(),
+    }
+}
+
+/// A pass under `accel` for CPU usability only. QEMU refusing to start
+/// under it (exiting on its own, e.g. a build without TCG) is an answer,
+/// recorded as the pass's error; a timeout or a broken conversation fails
+/// the probe, as in the main pass.
+async fn cpu_pass(
+    path: &Path,
+    req: &ProbeRequest,
+    accel: Accel,
+    counter: &ExecCounter,
+    cancel: &CancellationToken,
+) -> Result<(AccelPass, Option<ExecReport>), ProbeError> {
+    let spec = ExecSpec {
+        tag: req.tag.clone(),
+        ..ExecSpec::new(path, accel, req.timeout)
+    };
+    let started = Instant::now();
+    let result = with_qemu(&spec, counter, cancel, async |qmp| {
+        qmp.handshake().await?;
+        let mut replies = qmp
+            .execute_batch(&[("query-cpu-definitions", None)])
+            .await?;
+        Ok(replies.pop().and_then(answered))
+    })
+    .await;
+    match result {
+        Ok((reply, exec)) => {
+            let pass = match reply {
+                Some(v) => AccelPass {
+                    error: None,
+                    cpu_models: parse::cpu_models(&v)
+                        .map_err(|source| ProbeError::Parse {
+                            path: path.display().to_string(),
+                            source,
+                        })?
+                        .into_iter()
+                        .map(|m| CpuUsability {
+                            name: m.name,
+                            usable: m.usable,
+                            unavailable_features: m.unavailable_features,
+                        })
+                        .collect(),
+                },
+                None => refused("query-cpu-definitions was not answered"),
+            };
+            Ok((pass, Some(exec)))
+        }
+        Err(e) if e.exited_on_its_own() => {
+            let exec = ExecReport {
+                duration: started.elapsed(),
+                execs: 1,
+            };
+            Ok((refused(&e.to_string()), Some(exec)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The main pass, in one exec: one batch of commands, and a second round
+/// trip only for a QEMU that does not answer `device_add help` (then its
+/// devices come from `qom-list-types`).
+async fn main_pass(
     path: &Path,
     req: &ProbeRequest,
     counter: &ExecCounter,
@@ -213,7 +347,7 @@ pub async fn probe(
             .device_help
             .as_ref()
             .and_then(Value::as_str)
-            .is_some_and(|t| !parse::device_help(t).is_empty());
+            .is_some_and(|t| !parse::device_help(t).names.is_empty());
         if !listed {
             let (mut replies, times) = qmp
                 .execute_batch_timed(&[(
@@ -229,6 +363,7 @@ pub async fn probe(
     .await?;
     let report = ProbeReport {
         exec,
+        passes: Vec::new(),
         startup: raw.startup,
         commands: raw.times.clone(),
     };
@@ -275,11 +410,15 @@ fn build(
         .as_ref()
         .and_then(Value::as_str)
         .map(parse::device_help)
-        .filter(|d| !d.is_empty());
-    let (devices, devices_source) = match (device_help, &raw.types) {
-        (Some(d), _) => (d, Some(DevicesSource::DeviceAddHelp)),
-        (None, Some(t)) => (parse::type_names(t)?, Some(DevicesSource::QomListTypes)),
-        (None, None) => (Vec::new(), None),
+        .filter(|d| !d.names.is_empty());
+    let (devices, device_aliases, devices_source) = match (device_help, &raw.types) {
+        (Some(d), _) => (d.names, d.aliases, Some(DevicesSource::DeviceAddHelp)),
+        (None, Some(t)) => (
+            parse::type_names(t)?,
+            BTreeMap::new(),
+            Some(DevicesSource::QomListTypes),
+        ),
+        (None, None) => (Vec::new(), BTreeMap::new(), None),
     };
     let device_properties = raw
         .props
@@ -309,6 +448,7 @@ fn build(
             .transpose()?
             .unwrap_or_default(),
         devices,
+        device_aliases,
         devices_source,
         device_properties,
         commands: raw
@@ -317,6 +457,7 @@ fn build(
             .map(parse::commands)
             .transpose()?
             .unwrap_or_default(),
+        other_accels: BTreeMap::new(),
         probe: ProbeInfo {
             started_at: crate::timefmt::rfc3339(started_at),
             duration_seconds: duration.as_secs_f64(),

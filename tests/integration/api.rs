@@ -60,7 +60,7 @@ fn every_route_answers() {
     let doc = a.get("/v1/emulators/x86_64");
     assert_eq!(doc.header("content-type"), Some("application/json"));
     let doc = doc.json();
-    assert_eq!(doc["schema_version"], 2);
+    assert_eq!(doc["schema_version"], 3);
     assert_eq!(
         doc["devices_source"], "qom-list-types",
         "not recorded by libvirt"

@@ -290,7 +290,7 @@ fn handler(path: &Path) -> qcapsd::emulators::Emulators {
             path: path.to_owned(),
         }],
         ProbeSettings::new(
-            qcapsd::qemu::Accel::Auto,
+            vec![qcapsd::qemu::Accel::Kvm],
             Duration::from_secs(30),
             Vec::new(),
             Vec::new(),

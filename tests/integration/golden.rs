@@ -107,7 +107,7 @@ fn metrics_of_an_agent_over_two_replayed_transcripts() {
     let agent = InProcess::start(
         d.path(),
         &format!(
-            "host_root: {}\nrevalidate_interval: 1h\nemulators:\n  - path: {}\n    name: x86_64\n  - path: {}\n    name: riscv64\n",
+            "host_root: {}\nrevalidate_interval: 1h\naccels: [kvm, tcg]\nemulators:\n  - path: {}\n    name: x86_64\n  - path: {}\n    name: riscv64\n",
             host.display(),
             x86.display(),
             riscv.display()
@@ -133,8 +133,9 @@ async fn document_of_a_replayed_transcript() {
         "qemu-system-riscv64",
         &common::transcript("caps_9.1.0_riscv64.replies"),
     );
-    let mut req = ProbeRequest::new("qemu-system-riscv64");
-    req.accel = Accel::Auto;
+    // The agent's default accelerators on a host where KVM works: the
+    // recording is TCG-only, so QEMU falls back and the document says so.
+    let req = ProbeRequest::new("qemu-system-riscv64").accels(&[Accel::Kvm, Accel::Tcg], true);
     let (caps, _) = probe(
         &bin,
         &req,

@@ -8,7 +8,9 @@
 mod agent;
 mod api;
 mod changes;
+mod check;
 mod common;
+mod compare;
 mod deploy;
 mod faults;
 mod golden;
@@ -17,3 +19,4 @@ mod observability;
 mod probe_faults;
 mod probe_real;
 mod probe_replay;
+mod schema;

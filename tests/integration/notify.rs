@@ -64,8 +64,9 @@ fn the_agent_tells_systemd_ready_reloading_stopping_and_pets_the_watchdog() {
     let port = common::free_port();
     let config = d.path().join("c.yaml");
     let yaml = format!(
-        "listen: 127.0.0.1:{port}\ncache_dir: {}\nemulators:\n  - path: {}\n    name: x86_64\n",
+        "listen: 127.0.0.1:{port}\ncache_dir: {}\n{}emulators:\n  - path: {}\n    name: x86_64\n",
         d.path().join("cache").display(),
+        common::one_pass(""),
         x86.display()
     );
     std::fs::write(&config, &yaml).unwrap();

@@ -19,14 +19,24 @@ async fn probe_real(bin: &Path, accel: Accel) -> Capabilities {
     caps
 }
 
-/// The names `-device help` prints: what `-device` accepts.
+/// The names `-device help` prints: what `-device` accepts. Read here
+/// with a plain split, not the probe's parser, so that a parser bug cannot
+/// agree with itself.
 fn device_help_names(bin: &Path) -> Vec<String> {
     let out = std::process::Command::new(bin)
         .args(["-device", "help"])
         .output()
         .unwrap();
-    let mut names = qcapsd::qemu::parse::device_help(&String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut names: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("name \""))
+        .map(|l| l.split('"').nth(1).unwrap().to_owned())
+        .collect();
+    let lines = names.len();
     names.sort();
+    names.dedup();
+    assert_eq!(names.len(), lines, "each device is listed once");
     names
 }
 
@@ -202,7 +212,47 @@ fn cli_prints_the_document_for_real_qemu() {
         String::from_utf8_lossy(&out.stderr)
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["schema_version"], 2);
+    assert_eq!(doc["schema_version"], 3);
     assert_eq!(doc["accel"], "tcg");
     assert_eq!(doc["probe"]["execs"], 1);
+}
+
+/// The agent's default accelerators on this machine: where KVM works, a
+/// second exec answers CPU usability under TCG exactly as a TCG-only probe
+/// does; where it does not, one exec under TCG and a reason for KVM.
+#[tokio::test]
+async fn default_accels_add_a_tcg_pass_where_kvm_works() {
+    let Some(bin) = common::real_qemu("qemu-system-x86_64") else {
+        return;
+    };
+    let kvm = common::kvm_usable();
+    let req = ProbeRequest::new("qemu-system-x86_64").accels(&[Accel::Kvm, Accel::Tcg], kvm);
+    let counter = ExecCounter::default();
+    let (caps, report) = probe(&bin, &req, &counter, &CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if kvm {
+        assert_eq!(caps.accel, "kvm");
+        assert_eq!(counter.get(), 2);
+        assert_eq!(caps.probe.execs, 2);
+        assert_eq!(report.passes.len(), 1);
+        let tcg_only = probe_real(&bin, Accel::Tcg).await;
+        let pass = &caps.other_accels["tcg"];
+        assert_eq!(pass.error, None);
+        let from_pass: Vec<(String, Option<bool>, Vec<String>)> = pass
+            .cpu_models
+            .iter()
+            .map(|m| (m.name.clone(), m.usable, m.unavailable_features.clone()))
+            .collect();
+        let from_probe: Vec<(String, Option<bool>, Vec<String>)> = tcg_only
+            .cpu_models
+            .iter()
+            .map(|m| (m.name.clone(), m.usable, m.unavailable_features.clone()))
+            .collect();
+        assert_eq!(from_pass, from_probe);
+    } else {
+        assert_eq!(caps.accel, "tcg");
+        assert_eq!(counter.get(), 1);
+        assert!(caps.other_accels["kvm"].error.is_some());
+    }
 }

@@ -61,7 +61,7 @@ fn yes(a: &Attrs, key: &str) -> bool {
     a.get(key).is_some_and(|v| v == "yes")
 }
 
-type CpuKey = (String, Option<bool>, Vec<String>);
+use common::{CpuKey, libvirt_cpus};
 
 fn probed_cpus(c: &Capabilities) -> BTreeSet<CpuKey> {
     c.cpu_models
@@ -72,32 +72,6 @@ fn probed_cpus(c: &Capabilities) -> BTreeSet<CpuKey> {
             (m.name.clone(), m.usable, b)
         })
         .collect()
-}
-
-fn libvirt_cpus(x: &LibvirtCaps, typ: &str) -> BTreeSet<CpuKey> {
-    x.cpus
-        .iter()
-        .filter(|(a, _)| a["type"] == typ)
-        .map(|(a, blockers)| {
-            let mut b = blockers.clone();
-            b.sort();
-            let usable = a.get("usable").map(|u| u == "yes");
-            (qemu_cpu_name(&x.arch, &a["name"]), usable, b)
-        })
-        .collect()
-}
-
-/// libvirt renames ppc64's `powerN` models to `POWERN` for backward
-/// compatibility; qcapsd reports QEMU's own names.
-fn qemu_cpu_name(arch: &str, libvirt_name: &str) -> String {
-    let is_power_n = libvirt_name
-        .strip_prefix("POWER")
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    if arch.starts_with("ppc64") && is_power_n {
-        libvirt_name.to_ascii_lowercase()
-    } else {
-        libvirt_name.to_owned()
-    }
 }
 
 /// Probes `transcript` as qcapsd would (accel auto) and, where it was

@@ -25,9 +25,10 @@ impl AgentProc {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{port}\ncache_dir: {}\nunix_socket: {}\n{extra}",
+                "listen: 127.0.0.1:{port}\ncache_dir: {}\nunix_socket: {}\n{}{extra}",
                 dir.join("cache").display(),
-                socket.display()
+                socket.display(),
+                super::one_pass(extra)
             ),
         )
         .unwrap();

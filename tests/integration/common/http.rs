@@ -114,7 +114,14 @@ pub trait Http {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("Content-Length: 0\r\n\r\n");
-        raw_http(self.port(), req.as_bytes())
+        let resp = raw_http(self.port(), req.as_bytes());
+        if resp
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json"))
+        {
+            super::schema::validate(method, path, resp.status, &resp.body);
+        }
+        resp
     }
 
     fn get(&self, path: &str) -> Resp {

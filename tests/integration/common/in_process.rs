@@ -20,12 +20,14 @@ pub struct InProcess {
 
 impl InProcess {
     /// The config every test agent gets (listen on a free port, a cache and
-    /// a socket in `dir`), then `extra`.
+    /// a socket in `dir`, one accelerator pass unless `extra` says
+    /// otherwise: see [`super::one_pass`]), then `extra`.
     pub fn config_text(dir: &Path, port: u16, extra: &str) -> String {
         format!(
-            "listen: 127.0.0.1:{port}\ncache_dir: {}\nunix_socket: {}\n{extra}",
+            "listen: 127.0.0.1:{port}\ncache_dir: {}\nunix_socket: {}\n{}{extra}",
             dir.join("cache").display(),
-            dir.join("run/qcapsd.sock").display()
+            dir.join("run/qcapsd.sock").display(),
+            super::one_pass(extra)
         )
     }
 

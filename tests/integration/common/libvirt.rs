@@ -80,3 +80,33 @@ fn unescape(s: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&amp;", "&")
 }
+
+/// A CPU model, its usability and its sorted blockers.
+pub type CpuKey = (String, Option<bool>, Vec<String>);
+
+/// libvirt's `<cpu type=typ>` entries as QEMU names them.
+pub fn libvirt_cpus(x: &LibvirtCaps, typ: &str) -> std::collections::BTreeSet<CpuKey> {
+    x.cpus
+        .iter()
+        .filter(|(a, _)| a["type"] == typ)
+        .map(|(a, blockers)| {
+            let mut b = blockers.clone();
+            b.sort();
+            let usable = a.get("usable").map(|u| u == "yes");
+            (qemu_cpu_name(&x.arch, &a["name"]), usable, b)
+        })
+        .collect()
+}
+
+/// libvirt renames ppc64's `powerN` models to `POWERN` for backward
+/// compatibility; qcapsd reports QEMU's own names.
+pub fn qemu_cpu_name(arch: &str, libvirt_name: &str) -> String {
+    let is_power_n = libvirt_name
+        .strip_prefix("POWER")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if arch.starts_with("ppc64") && is_power_n {
+        libvirt_name.to_ascii_lowercase()
+    } else {
+        libvirt_name.to_owned()
+    }
+}

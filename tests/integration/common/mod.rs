@@ -10,7 +10,21 @@ pub mod libvirt;
 pub mod poll;
 pub mod procs;
 pub mod prometheus;
+pub mod schema;
 pub mod stand_ins;
+
+/// `accels: [kvm]` unless `extra` sets `accels` itself. Test agents probe
+/// under one accelerator (KVM where it works, TCG otherwise), so a probe
+/// is one exec whether or not this machine has KVM and the exec counts the
+/// cache tests assert are the same on every machine. The default (a
+/// second, TCG pass where KVM works) is tested on its own in `check.rs`.
+pub fn one_pass(extra: &str) -> &'static str {
+    if extra.contains("accels:") {
+        ""
+    } else {
+        "accels: [kvm]\n"
+    }
+}
 
 pub use agent_proc::AgentProc;
 pub use data::*;

@@ -1,0 +1,443 @@
+//! "Can this host run this VM?": a verdict with reasons, computed from one
+//! capabilities document and nothing else (no exec, no I/O), so that the
+//! API, the CLI and `compare` give the same answer for the same data.
+//!
+//! The rules, in the order a VM start would hit them:
+//! - the accelerator: the document's own (`accel`) by default; another one
+//!   is answered from its probe pass (`other_accels`). A pass that could
+//!   not run (no `/dev/kvm`, a build without TCG) is a problem. One that was
+//!   never asked (config `accels`) leaves CPU usability unknown: a warning,
+//!   never a guess.
+//! - the machine: a name or an alias (`q35` resolves to `pc-q35-10.0`);
+//!   unknown is a problem with the closest names; deprecated is a warning.
+//!   No machine means QEMU's default one (a problem where there is none).
+//! - `cpus` above the machine's `cpu_max` is a problem.
+//! - the CPU model: unknown is a problem; not usable under the accelerator
+//!   is a problem naming its blockers; usability QEMU does not report
+//!   (most non-x86 targets) and a deprecated model are warnings.
+//! - each device: a type or alias `-device` accepts, else a problem. Where
+//!   the device list came from `qom-list-types` (a QEMU without `device_add
+//!   help`), it may hold devices `-device` refuses: a warning says so.
+//!
+//! Not modelled: whether the machine has the bus a device plugs into (the
+//! document has no bus topology; `-device virtio-net-pci` on `isapc`
+//! fails), memory, and KVM's own vCPU limit.
+
+use crate::qemu::caps::{Capabilities, CpuUsability, DevicesSource, Machine};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What a caller asks about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckRequest {
+    pub machine: Option<String>,
+    pub cpu: Option<String>,
+    pub devices: Vec<String>,
+    /// `kvm` or `tcg`; `None`: what the probe ran under.
+    pub accel: Option<String>,
+    pub cpus: Option<u64>,
+}
+
+/// The answer of `GET /v1/check` and `qcapsd check --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Verdict {
+    /// No problems: QEMU would start such a VM here.
+    pub ok: bool,
+    /// The emulator the verdict is about.
+    pub emulator: String,
+    /// The accelerator the verdict is for.
+    pub accel: String,
+    /// The machine type, when one was asked for or QEMU has a default.
+    pub machine: Option<MachineVerdict>,
+    /// The CPU model, when one was asked for.
+    pub cpu: Option<CpuVerdict>,
+    /// Each device asked for, in order.
+    pub devices: Vec<DeviceVerdict>,
+    /// Why QEMU would refuse the VM; empty when `ok`.
+    pub problems: Vec<String>,
+    /// What the caller should know but does not stop the VM (deprecated
+    /// names, usability QEMU does not report, stale data).
+    pub warnings: Vec<String>,
+    /// When the capabilities the verdict is based on were probed.
+    pub probed_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MachineVerdict {
+    /// The name asked for; `None` when QEMU's default machine was taken.
+    pub requested: Option<String>,
+    /// The canonical machine type it names; `None` when unknown.
+    pub resolved: Option<String>,
+    pub ok: bool,
+    pub deprecated: bool,
+    /// The most vCPUs this machine type takes.
+    pub cpu_max: Option<u64>,
+    /// The closest known names, for an unknown one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CpuVerdict {
+    pub requested: String,
+    pub ok: bool,
+    /// QEMU's word on the model under `accel`; `None` where it does not
+    /// report usability, or the accelerator was not probed.
+    pub usable: Option<bool>,
+    /// The host features the model needs and does not get under `accel`.
+    pub blockers: Vec<String>,
+    pub deprecated: bool,
+    /// The closest known names, for an unknown one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeviceVerdict {
+    /// The name asked for.
+    pub name: String,
+    pub ok: bool,
+    /// The device type an alias names (`virtio-blk` → `virtio-blk-pci`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<String>,
+    /// The closest known names, for an unknown one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestions: Vec<String>,
+}
+
+/// The accelerators a check may name.
+pub const ACCELS: &[&str] = &["kvm", "tcg"];
+
+/// The verdict for `req` on `caps`. `stale` is the reason the data is
+/// the last good one rather than current, if it is.
+pub fn check(caps: &Capabilities, req: &CheckRequest, stale: Option<&str>) -> Verdict {
+    let mut v = Verdict {
+        ok: false,
+        emulator: caps.emulator.name.clone(),
+        accel: req.accel.clone().unwrap_or_else(|| caps.accel.clone()),
+        machine: None,
+        cpu: None,
+        devices: Vec::new(),
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        probed_at: caps.probe.started_at.clone(),
+    };
+    if let Some(why) = stale {
+        v.warnings.push(format!(
+            "stale: the capabilities are from the probe of {}; the latest probe failed: {why}",
+            caps.probe.started_at
+        ));
+    }
+    let usability = usability_under(caps, &v.accel, &mut v.problems, &mut v.warnings);
+    let machine = check_machine(caps, req, &mut v);
+    if let (Some(n), Some(m)) = (req.cpus, machine) {
+        if n > m.cpu_max {
+            v.problems.push(format!(
+                "{n} vCPUs is more than machine {} takes ({})",
+                m.name, m.cpu_max
+            ));
+        }
+    }
+    if let Some(cpu) = &req.cpu {
+        let accel = v.accel.clone();
+        v.cpu = Some(check_cpu(caps, cpu, &accel, usability, &mut v));
+    }
+    v.devices = req
+        .devices
+        .iter()
+        .map(|d| check_device(caps, d, &mut v.problems))
+        .collect();
+    if !req.devices.is_empty() && caps.devices_source == Some(DevicesSource::QomListTypes) {
+        v.warnings.push(
+            "this QEMU does not list its user-creatable devices; the device list comes from qom-list-types and may hold devices -device refuses".to_owned(),
+        );
+    }
+    v.ok = v.problems.is_empty();
+    v
+}
+
+/// Where CPU usability under `accel` comes from.
+enum Usability<'a> {
+    /// The document's own `cpu_models`.
+    Main,
+    /// A further pass.
+    Pass(&'a [CpuUsability]),
+    /// Not known (the reason is already a problem or a warning).
+    Unknown,
+}
+
+fn usability_under<'a>(
+    caps: &'a Capabilities,
+    accel: &str,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Usability<'a> {
+    if accel == caps.accel {
+        return Usability::Main;
+    }
+    match caps.other_accels.get(accel) {
+        Some(pass) => match &pass.error {
+            Some(e) => {
+                problems.push(format!("QEMU cannot run under {accel} here: {e}"));
+                Usability::Unknown
+            }
+            None => Usability::Pass(&pass.cpu_models),
+        },
+        None => {
+            warnings.push(format!(
+                "{accel} was not probed (config `accels`), so whether QEMU runs under it, and which CPU models it can run, is unknown"
+            ));
+            Usability::Unknown
+        }
+    }
+}
+
+fn check_machine<'a>(
+    caps: &'a Capabilities,
+    req: &CheckRequest,
+    v: &mut Verdict,
+) -> Option<&'a Machine> {
+    let found = match &req.machine {
+        Some(name) => caps.machines.iter().find(|m| m.name == *name).or_else(|| {
+            caps.machines
+                .iter()
+                .find(|m| m.alias.as_deref() == Some(name))
+        }),
+        None => caps.machines.iter().find(|m| m.is_default),
+    };
+    match (found, &req.machine) {
+        (Some(m), requested) => {
+            if m.deprecated {
+                v.warnings.push(format!(
+                    "machine {} is deprecated: a later QEMU will drop it",
+                    m.name
+                ));
+            }
+            v.machine = Some(MachineVerdict {
+                requested: requested.clone(),
+                resolved: Some(m.name.clone()),
+                ok: true,
+                deprecated: m.deprecated,
+                cpu_max: Some(m.cpu_max),
+                suggestions: Vec::new(),
+            });
+            Some(m)
+        }
+        (None, Some(name)) => {
+            let known = caps
+                .machines
+                .iter()
+                .flat_map(|m| std::iter::once(m.name.as_str()).chain(m.alias.as_deref()));
+            let suggestions = closest(name, known);
+            v.problems.push(unknown(
+                &format!(
+                    "{} has no machine type '{}'",
+                    caps.emulator.name,
+                    shown(name)
+                ),
+                &suggestions,
+            ));
+            v.machine = Some(MachineVerdict {
+                requested: Some(name.clone()),
+                resolved: None,
+                ok: false,
+                deprecated: false,
+                cpu_max: None,
+                suggestions,
+            });
+            None
+        }
+        (None, None) => {
+            if !caps.machines.is_empty() {
+                v.problems.push(format!(
+                    "no machine given and {} has no default machine: name one",
+                    caps.emulator.name
+                ));
+            }
+            None
+        }
+    }
+}
+
+fn check_cpu(
+    caps: &Capabilities,
+    name: &str,
+    accel: &str,
+    usability: Usability,
+    v: &mut Verdict,
+) -> CpuVerdict {
+    let Some(model) = caps.cpu_models.iter().find(|m| m.name == name) else {
+        let suggestions = closest(name, caps.cpu_models.iter().map(|m| m.name.as_str()));
+        v.problems.push(unknown(
+            &format!("{} has no CPU model '{}'", caps.emulator.name, shown(name)),
+            &suggestions,
+        ));
+        return CpuVerdict {
+            requested: name.to_owned(),
+            ok: false,
+            usable: None,
+            blockers: Vec::new(),
+            deprecated: false,
+            suggestions,
+        };
+    };
+    if model.deprecated {
+        v.warnings.push(format!(
+            "cpu model {name} is deprecated: a later QEMU will drop it"
+        ));
+    }
+    let (usable, blockers) = match usability {
+        Usability::Main => (model.usable, model.unavailable_features.clone()),
+        Usability::Pass(models) => match models.iter().find(|m| m.name == name) {
+            Some(m) => (m.usable, m.unavailable_features.clone()),
+            None => (None, Vec::new()),
+        },
+        Usability::Unknown => return cpu_verdict(name, true, None, Vec::new(), model.deprecated),
+    };
+    match usable {
+        Some(true) => cpu_verdict(name, true, usable, blockers, model.deprecated),
+        Some(false) => {
+            v.problems.push(if blockers.is_empty() {
+                format!("cpu {name} is not usable under {accel} on this host")
+            } else {
+                format!(
+                    "cpu {name} is not usable under {accel} on this host: missing {}",
+                    blockers.join(", ")
+                )
+            });
+            cpu_verdict(name, false, usable, blockers, model.deprecated)
+        }
+        None => {
+            v.warnings.push(format!(
+                "QEMU does not report whether cpu {name} is usable under {accel}"
+            ));
+            cpu_verdict(name, true, None, blockers, model.deprecated)
+        }
+    }
+}
+
+fn cpu_verdict(
+    name: &str,
+    ok: bool,
+    usable: Option<bool>,
+    blockers: Vec<String>,
+    deprecated: bool,
+) -> CpuVerdict {
+    CpuVerdict {
+        requested: name.to_owned(),
+        ok,
+        usable,
+        blockers,
+        deprecated,
+        suggestions: Vec::new(),
+    }
+}
+
+fn check_device(caps: &Capabilities, name: &str, problems: &mut Vec<String>) -> DeviceVerdict {
+    if caps.devices.iter().any(|d| d == name) {
+        return DeviceVerdict {
+            name: name.to_owned(),
+            ok: true,
+            resolved: None,
+            suggestions: Vec::new(),
+        };
+    }
+    if let Some(target) = caps.device_aliases.get(name) {
+        return DeviceVerdict {
+            name: name.to_owned(),
+            ok: true,
+            resolved: Some(target.clone()),
+            suggestions: Vec::new(),
+        };
+    }
+    let known = caps
+        .devices
+        .iter()
+        .chain(caps.device_aliases.keys())
+        .map(String::as_str);
+    let suggestions = closest(name, known);
+    problems.push(unknown(
+        &format!(
+            "{}'s -device accepts no device '{}'",
+            caps.emulator.name,
+            shown(name)
+        ),
+        &suggestions,
+    ));
+    DeviceVerdict {
+        name: name.to_owned(),
+        ok: false,
+        resolved: None,
+        suggestions,
+    }
+}
+
+/// `problem`, and the closest names if there are any.
+fn unknown(problem: &str, suggestions: &[String]) -> String {
+    let mut s = problem.to_owned();
+    if !suggestions.is_empty() {
+        s.push_str(&format!("; closest: {}", suggestions.join(", ")));
+    }
+    s
+}
+
+/// A name echoed in a message: without control characters, bounded.
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().filter(|c| !c.is_control()).take(80).collect();
+    if s.chars().count() > 80 {
+        out.push('…');
+    }
+    out
+}
+
+/// Up to three known names closest to `name`: a case-insensitive match
+/// first, then by edit distance (at most a third of the name, at least 2),
+/// ties in the order given.
+pub fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let lower = name.to_lowercase();
+    let limit = (name.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, &str)> = known
+        .filter_map(|k| {
+            let d = if k.to_lowercase() == lower {
+                0
+            } else {
+                edit_distance(&lower, &k.to_lowercase())
+            };
+            (d <= limit).then_some((d, k))
+        })
+        .collect();
+    scored.sort_by_key(|(d, _)| *d);
+    let mut out: Vec<String> = Vec::new();
+    for (_, k) in scored {
+        if !out.iter().any(|o| o == k) {
+            out.push(k.to_owned());
+        }
+        if out.len() == 3 {
+            break;
+        }
+    }
+    out
+}
+
+/// Levenshtein distance over chars (names are short: one row of memory).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                diag
+            } else {
+                1 + diag.min(above).min(row[j])
+            };
+            diag = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests;
