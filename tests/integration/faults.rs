@@ -136,6 +136,14 @@ fn a_lookup_after_a_mid_probe_rename_gets_the_new_binary() {
         ".b",
         &format!("sleep 2\nexec '{}' \"$@\"", b_inner.display()),
     );
+    let lookups = |agent: &AgentProc| {
+        common::metric(
+            &agent.get("/metrics").text(),
+            "qcapsd_cache_lookups_total{emulator=\"x86_64\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let lookups_before = lookups(&agent);
     std::fs::rename(&b, &x86).unwrap();
     let port = agent.port;
     let before = std::thread::spawn(move || {
@@ -144,8 +152,11 @@ fn a_lookup_after_a_mid_probe_rename_gets_the_new_binary() {
             b"GET /v1/emulators/x86_64 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         )
     });
-    // B is being probed; the binary is replaced again (version C).
+    // B is being probed (by this lookup or by the watcher) and the agent
+    // has taken the lookup (it counts it before waiting); only then is the
+    // binary replaced again (version C).
     common::poll_until(|| count(&b_count) == 1 || process_named(".b"));
+    assert!(common::poll_until(|| lookups(&agent) > lookups_before));
     common::rename_upgrade(&x86, "caps_10.0.0_x86_64.replies", &c_count);
     let after = agent.get("/v1/emulators/x86_64");
     assert_eq!(after.status, 200, "{}", after.text());
