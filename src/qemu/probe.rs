@@ -1,7 +1,10 @@
-//! One probe: one QEMU process, one batch of QMP commands (a second round
-//! trip only for a QEMU that cannot list its devices the modern way), one
-//! capabilities document. [`COMMANDS_USED`] lists every command sent and
-//! the field it feeds: nothing is asked that the document does not use.
+//! One probe: one QEMU process, two batches of QMP commands (the second
+//! reads the properties of the configured devices the emulator has; a
+//! QEMU that cannot list its devices the modern way costs one round trip
+//! more), one capabilities document. [`COMMANDS_USED`] lists every command
+//! sent and the field it feeds: nothing is asked that the document does not
+//! use. The monitor runs in out-of-band mode where QEMU offers it, so a
+//! batch runs back to back (see `qmp`).
 //!
 //! The conversation is collected raw inside the exec session (QEMU lives only
 //! as long as it must), then parsed by the pure functions of `parse`. A
@@ -16,7 +19,7 @@ use super::exec::{Accel, ExecCounter, ExecError, ExecReport, ExecSpec, with_qemu
 use super::parse::{self, ParseError};
 use super::qmp::QmpError;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -286,9 +289,9 @@ async fn cpu_pass(
     }
 }
 
-/// The main pass, in one exec: one batch of commands, and a second round
-/// trip only for a QEMU that does not answer `device_add help` (then its
-/// devices come from `qom-list-types`).
+/// The main pass, in one exec: one batch of commands, one more round trip
+/// only for a QEMU that does not answer `device_add help` (then its devices
+/// come from `qom-list-types`), then the device properties.
 async fn main_pass(
     path: &Path,
     req: &ProbeRequest,
@@ -308,7 +311,7 @@ async fn main_pass(
             startup: spawned.elapsed(),
             ..Raw::default()
         };
-        let mut batch: Vec<(&str, Option<Value>)> = vec![
+        let batch: [(&str, Option<Value>); 7] = [
             ("query-version", None),
             ("query-target", None),
             ("query-kvm", None),
@@ -320,13 +323,6 @@ async fn main_pass(
             ),
             ("query-commands", None),
         ];
-        // Properties of every configured device: one the emulator lacks is
-        // answered DeviceNotFound and left out.
-        batch.extend(
-            req.devices
-                .iter()
-                .map(|d| ("device-list-properties", Some(json!({"typename": d})))),
-        );
         let (replies, times) = qmp.execute_batch_timed(&batch).await?;
         raw.times = times;
         let mut it = replies.into_iter().map(answered);
@@ -338,17 +334,14 @@ async fn main_pass(
         raw.cpus = next();
         raw.device_help = next();
         raw.commands = next();
-        for d in &req.devices {
-            if let Some(v) = next() {
-                raw.props.push((d.clone(), v));
-            }
-        }
-        let listed = raw
+        let mut known: Option<BTreeSet<String>> = raw
             .device_help
             .as_ref()
             .and_then(Value::as_str)
-            .is_some_and(|t| !parse::device_help(t).names.is_empty());
-        if !listed {
+            .map(|t| parse::device_help(t).names)
+            .filter(|names| !names.is_empty())
+            .map(BTreeSet::from_iter);
+        if known.is_none() {
             let (mut replies, times) = qmp
                 .execute_batch_timed(&[(
                     "qom-list-types",
@@ -357,6 +350,33 @@ async fn main_pass(
                 .await?;
             raw.times.extend(times);
             raw.types = replies.pop().and_then(answered);
+            known = raw
+                .types
+                .as_ref()
+                .and_then(|t| parse::type_names(t).ok())
+                .map(BTreeSet::from_iter);
+        }
+        // Properties of the configured devices the emulator has (all of
+        // them when it could not list its devices): asking for one it
+        // lacks costs QEMU as much as a real answer.
+        let asked: Vec<&String> = req
+            .devices
+            .iter()
+            .filter(|d| known.as_ref().is_none_or(|k| k.contains(*d)))
+            .collect();
+        if !asked.is_empty() {
+            let batch: Vec<(&str, Option<Value>)> = asked
+                .iter()
+                .map(|d| ("device-list-properties", Some(json!({"typename": d}))))
+                .collect();
+            let (replies, times) = qmp.execute_batch_timed(&batch).await?;
+            raw.times.extend(times);
+            // One the emulator refuses all the same is left out.
+            raw.props = asked
+                .into_iter()
+                .zip(replies)
+                .filter_map(|(d, r)| Some((d.clone(), answered(r)?)))
+                .collect();
         }
         Ok(raw)
     })

@@ -40,6 +40,17 @@ fn kill(pid: u32, sig: Signal) {
     let _ = rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), sig);
 }
 
+/// A child killed when the test ends, passed or not (a failed assertion
+/// must not leave an agent running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn kill_9_of_the_agent_during_a_probe_leaves_no_qemu() {
     let Some(qemu) = common::real_qemu("qemu-system-x86_64") else {
@@ -47,28 +58,38 @@ fn kill_9_of_the_agent_during_a_probe_leaves_no_qemu() {
     };
     let d = tempfile::tempdir().unwrap();
     let cache = d.path().join("cache");
-    // Many device-property reads make the probe last over a second, so it
-    // is surely under way when the agent dies.
-    let devices: Vec<String> = (0..3000).map(|i| format!("no-such-device-{i}")).collect();
+    // The real QEMU, held at start-up (a server socket nobody connects to,
+    // before its greeting) so that the probe is surely under way when the
+    // agent dies.
+    let held = common::script(
+        d.path(),
+        "qemu-system-x86_64",
+        &format!(
+            "exec '{}' -chardev socket,id=hold,path='{}',server=on,wait=on \"$@\"",
+            qemu.display(),
+            d.path().join("hold.sock").display()
+        ),
+    );
     let config = d.path().join("c.yaml");
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{}\ncache_dir: {}\nprobe_timeout: 5m\nemulators:\n  - path: {}\n    name: x86_64\ndevice_properties: [{}]\n",
+            "listen: 127.0.0.1:{}\ncache_dir: {}\nprobe_timeout: 5m\nemulators:\n  - path: {}\n    name: x86_64\n",
             common::free_port(),
             cache.display(),
-            qemu.display(),
-            devices.join(", ")
+            held.display(),
         ),
     )
     .unwrap();
     for round in 0..3 {
-        let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let me = agent.id() as i32;
+        let mut agent = KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+                .args(["run", "--config", config.to_str().unwrap()])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let me = agent.0.id() as i32;
         let probing =
             common::poll_until(|| tagged(&cache).iter().any(|&p| parent_of(p) == Some(me)));
         assert!(probing, "round {round}: no probe seen");
@@ -78,8 +99,8 @@ fn kill_9_of_the_agent_during_a_probe_leaves_no_qemu() {
             !qemus.is_empty(),
             "round {round}: the probe is still running"
         );
-        kill(agent.id(), Signal::KILL);
-        agent.wait().unwrap();
+        kill(agent.0.id(), Signal::KILL);
+        agent.0.wait().unwrap();
         common::poll_until(|| tagged(&cache).is_empty());
         let left = tagged(&cache);
         assert!(

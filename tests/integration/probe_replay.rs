@@ -165,9 +165,9 @@ async fn the_probe_asks_only_for_what_the_document_uses() {
             &common::replies_dir().join(t),
             &log,
         );
-        let mut req = ProbeRequest::new("rec");
-        req.accel = Accel::Auto;
-        probe(
+        // Both passes: the main one under KVM and the TCG one.
+        let req = ProbeRequest::new("rec").accels(&[Accel::Kvm, Accel::Tcg], true);
+        let (caps, _) = probe(
             &bin,
             &req,
             &ExecCounter::default(),
@@ -175,10 +175,32 @@ async fn the_probe_asks_only_for_what_the_document_uses() {
         )
         .await
         .unwrap();
-        let sent: Vec<String> = std::fs::read_to_string(&log)
-            .unwrap()
+        assert!(
+            caps.other_accels["tcg"].error.is_none(),
+            "{t}: the TCG pass ran"
+        );
+        let log = std::fs::read_to_string(&log).unwrap();
+        let passes = log.matches("qmp_capabilities").count();
+        assert_eq!(passes, 2, "{t}: two passes\n{log}");
+        // Properties are asked only of devices the emulator has.
+        for line in log.lines() {
+            if let Some(d) = line.strip_prefix("device-list-properties ") {
+                assert!(
+                    caps.devices.iter().any(|x| x == d),
+                    "{t}: asked the properties of {d}, which it does not have"
+                );
+            }
+        }
+        let asked = log.matches("device-list-properties ").count();
+        let expected = req
+            .devices
+            .iter()
+            .filter(|d| caps.devices.contains(d))
+            .count();
+        assert_eq!(asked, expected, "{t}: every configured device it has");
+        let sent: Vec<String> = log
             .lines()
-            .map(str::to_owned)
+            .map(|l| l.split(' ').next().unwrap_or("").to_owned())
             .collect();
         for c in &sent {
             assert!(
