@@ -18,6 +18,7 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -75,6 +76,76 @@ pub struct Metrics {
     /// so a removed emulator's series can all be deleted. Touched only on
     /// misses and invalidations, never on a hit.
     born: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Each configured emulator's hit series, resolved once (a hit touches
+    /// three series; looking each up by its labels costs a hash and a lock).
+    hit_series: std::sync::RwLock<HashMap<String, HitSeries>>,
+}
+
+/// The series a cache hit moves.
+#[derive(Clone)]
+struct HitSeries {
+    lookups: IntCounter,
+    hits: IntCounter,
+    saved: prometheus::Counter,
+}
+
+/// The status codes whose request series are resolved once per route
+/// ([`HttpSeries`]); any other code is looked up by its labels.
+const HTTP_CODES: [u16; 12] = [200, 202, 304, 400, 404, 405, 408, 413, 429, 431, 500, 503];
+
+/// The request series of a router: for each route template and common
+/// status code, the counter and histogram, resolved at the first such
+/// request and then reused. Read without a lock.
+pub struct HttpSeries {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    routes: HashMap<&'static str, RouteSeries>,
+    unmatched: RouteSeries,
+}
+
+struct RouteSeries {
+    route: &'static str,
+    by_code: [std::sync::OnceLock<(IntCounter, prometheus::Histogram)>; HTTP_CODES.len()],
+}
+
+impl RouteSeries {
+    fn new(route: &'static str) -> Self {
+        RouteSeries {
+            route,
+            by_code: std::array::from_fn(|_| std::sync::OnceLock::new()),
+        }
+    }
+}
+
+impl HttpSeries {
+    /// Counts one request to `route` (its template; `None` when no route
+    /// matched) answered with `code` after `took`.
+    pub fn observe(&self, route: Option<&str>, code: axum::http::StatusCode, took: Duration) {
+        let series = route.map_or(Some(&self.unmatched), |r| self.routes.get(r));
+        let slot = series.and_then(|s| {
+            let i = HTTP_CODES.iter().position(|&c| c == code.as_u16())?;
+            Some(s.by_code[i].get_or_init(|| {
+                let labels = [s.route, code.as_str()];
+                (
+                    self.requests.with_label_values(&labels),
+                    self.duration.with_label_values(&labels),
+                )
+            }))
+        });
+        match slot {
+            Some((n, d)) => {
+                n.inc();
+                d.observe(took.as_secs_f64());
+            }
+            None => {
+                let labels = [route.unwrap_or("unmatched"), code.as_str()];
+                self.requests.with_label_values(&labels).inc();
+                self.duration
+                    .with_label_values(&labels)
+                    .observe(took.as_secs_f64());
+            }
+        }
+    }
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -275,6 +346,7 @@ impl Metrics {
             total_lookups: AtomicU64::new(0),
             total_hits: AtomicU64::new(0),
             born: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            hit_series: std::sync::RwLock::new(HashMap::new()),
             registry,
         };
         for result in ["success", "failure"] {
@@ -288,8 +360,27 @@ impl Metrics {
         Ok(m)
     }
 
+    /// The request series of a router serving `routes` (templates).
+    pub fn http_series(&self, routes: &[&'static str]) -> HttpSeries {
+        HttpSeries {
+            requests: self.http_requests.clone(),
+            duration: self.http_duration.clone(),
+            routes: routes.iter().map(|&r| (r, RouteSeries::new(r))).collect(),
+            unmatched: RouteSeries::new("unmatched"),
+        }
+    }
+
     /// Creates an emulator's series at zero.
     pub fn add_emulator(&self, e: &str) {
+        let series = HitSeries {
+            lookups: self.lookups.with_label_values(&[e]),
+            hits: self.hits.with_label_values(&[e]),
+            saved: self.seconds_saved.with_label_values(&[e]),
+        };
+        self.hit_series
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(e.to_owned(), series);
         self.probes.with_label_values(&[e]);
         for reason in FAILURE_REASONS {
             self.probe_failures.with_label_values(&[e, reason]);
@@ -314,6 +405,10 @@ impl Metrics {
 
     /// Forgets every series of an emulator no longer configured.
     pub fn remove_emulator(&self, e: &str) {
+        self.hit_series
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(e);
         for v in [&self.probes, &self.lookups, &self.hits] {
             let _ = v.remove_label_values(&[e]);
         }
@@ -364,11 +459,23 @@ impl Metrics {
     }
 
     pub fn record_hit(&self, e: &str, exec_seconds: f64) {
-        self.lookups.with_label_values(&[e]).inc();
-        self.hits.with_label_values(&[e]).inc();
-        self.seconds_saved
-            .with_label_values(&[e])
-            .inc_by(exec_seconds.max(0.0));
+        let hit = |s: &HitSeries| {
+            s.lookups.inc();
+            s.hits.inc();
+            s.saved.inc_by(exec_seconds.max(0.0));
+        };
+        let known = self.hit_series.read().unwrap_or_else(|p| p.into_inner());
+        match known.get(e) {
+            Some(s) => hit(s),
+            None => {
+                drop(known);
+                hit(&HitSeries {
+                    lookups: self.lookups.with_label_values(&[e]),
+                    hits: self.hits.with_label_values(&[e]),
+                    saved: self.seconds_saved.with_label_values(&[e]),
+                });
+            }
+        }
         self.total_lookups.fetch_add(1, Ordering::Relaxed);
         self.total_hits.fetch_add(1, Ordering::Relaxed);
     }

@@ -8,6 +8,7 @@ use crate::digest::fnv64;
 use crate::qemu::caps::{Capabilities, DeviceProperty};
 use crate::qemu::fingerprint::Fingerprint;
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -15,16 +16,24 @@ use std::collections::HashMap;
 #[derive(Debug, Clone)]
 pub struct Part {
     pub body: Bytes,
-    pub etag: String,
+    /// The ETag, ready to send (validated once, here).
+    pub etag: HeaderValue,
 }
 
 impl Part {
     pub fn json(value: &impl Serialize) -> Result<Part, serde_json::Error> {
         let body = Bytes::from(serde_json::to_vec(value)?);
         Ok(Part {
-            etag: etag(&body),
+            // Hex digits, a dash and quotes: always a valid header value.
+            etag: HeaderValue::from_str(&etag(&body))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"\"")),
             body,
         })
+    }
+
+    /// The ETag as text.
+    pub fn etag_str(&self) -> &str {
+        self.etag.to_str().unwrap_or("")
     }
 }
 

@@ -59,9 +59,20 @@ use tokio_util::sync::CancellationToken;
 
 pub use serve::{BindError, Listener, bind_unix, serve};
 
-/// What a route handler needs.
+/// What a route handler needs. Cloned for every request (axum's state), so
+/// it is one shared allocation: a clone is one atomic increment.
 #[derive(Clone)]
-pub struct Ctx {
+pub struct Ctx(Arc<CtxInner>);
+
+impl std::ops::Deref for Ctx {
+    type Target = CtxInner;
+    fn deref(&self) -> &CtxInner {
+        &self.0
+    }
+}
+
+/// The fields of a [`Ctx`].
+pub struct CtxInner {
     pub agent: Arc<Agent>,
     /// How long a request may wait on a probe (`http.request_timeout`).
     /// Answers from memory take no timer at all.
@@ -76,21 +87,35 @@ pub struct Ctx {
     pub max_wait: Duration,
     /// Cancelled when the agent stops: held requests answer at once.
     pub shutdown: CancellationToken,
+    /// Request counters and timings, resolved once per route and code.
+    http: crate::metrics::HttpSeries,
 }
 
 impl Ctx {
     pub fn new(agent: Arc<Agent>, shutdown: CancellationToken) -> Ctx {
         let cfg = agent.config();
-        Ctx {
+        Ctx(Arc::new(CtxInner {
             request_timeout: *cfg.http.request_timeout,
             forced_probe_interval: *cfg.forced_probe_interval,
             max_body_bytes: cfg.http.max_body_bytes.get() as usize,
             body_timeout: *cfg.http.header_read_timeout,
             max_wait: cfg.http.max_wait.0,
             shutdown,
+            http: agent.metrics.http_series(&route_templates()),
             agent,
-        }
+        }))
     }
+}
+
+/// Every route template the routers serve (the OpenAPI description lists
+/// exactly those; a test holds the two together).
+fn route_templates() -> Vec<&'static str> {
+    let mut routes: Vec<&'static str> = crate::openapi::operations()
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect();
+    routes.dedup();
+    routes
 }
 
 /// The full query API.
@@ -129,41 +154,39 @@ pub fn metrics_router(ctx: Ctx) -> Router {
 }
 
 /// What every router shares: JSON 404 and 405, the body limit, request
-/// metrics.
+/// metrics (one middleware: each costs a clone of the route per request).
 fn finish(routes: Router<Ctx>, ctx: Ctx) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(ctx.clone(), limit_body))
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
         .with_state(ctx)
 }
 
-/// Counts and times every request by route template and status code
-/// (no allocation: the matched route is shared, the code a static string).
+/// Counts and times every request by route template and status code (the
+/// series resolved once, [`crate::metrics::HttpSeries`]), after reading its
+/// body, if it has one, within the limits ([`limit_body`]).
 async fn observe(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let matched = req.extensions().get::<MatchedPath>().cloned();
     let start = Instant::now();
-    let resp = next.run(req).await;
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let status = resp.status();
-    let labels = [route, status.as_str()];
-    let m = &ctx.agent.metrics;
-    m.http_requests.with_label_values(&labels).inc();
-    m.http_duration
-        .with_label_values(&labels)
-        .observe(start.elapsed().as_secs_f64());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let resp = if http_body::Body::is_end_stream(req.body()) {
+        next.run(req).await
+    } else {
+        limit_body(&ctx, req, next).await
+    };
+    ctx.http.observe(
+        matched.as_ref().map(MatchedPath::as_str),
+        resp.status(),
+        start.elapsed(),
+    );
     resp
 }
 
-/// Reads a request body, if there is one, before any handler: at most
-/// `max_body_bytes` whether sent with a length or chunked (413), and
-/// within `body_timeout` (408). No route takes a body, but reading it here
-/// means the limit holds for every request.
-async fn limit_body(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    if http_body::Body::is_end_stream(req.body()) {
-        return next.run(req).await;
-    }
+/// Reads a request body before any handler: at most `max_body_bytes`
+/// whether sent with a length or chunked (413), and within `body_timeout`
+/// (408). No route takes a body, but reading it here means the limit holds
+/// for every request.
+async fn limit_body(ctx: &Ctx, req: Request, next: Next) -> Response {
     let max = ctx.max_body_bytes;
     let too_large = || {
         closing(json_error(
@@ -251,8 +274,8 @@ pub fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 
 /// A pre-rendered part: 304 when the client has it, else the bytes.
 fn part_response(part: &Part, headers: &HeaderMap, answer_kind: &'static str) -> Response {
-    let etag = HeaderValue::from_str(&part.etag).unwrap_or(HeaderValue::from_static("\"\""));
-    let mut resp = if etag_matches(headers, &part.etag) {
+    let etag = part.etag.clone();
+    let mut resp = if etag_matches(headers, part.etag_str()) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let mut r = Response::new(Body::from(part.body.clone()));
@@ -321,7 +344,7 @@ async fn list(State(ctx): State<Ctx>, RawQuery(q): RawQuery, headers: HeaderMap)
         Err(e) => return bad_query(&e),
     };
     // Subscribe before reading, so no change is missed.
-    let rx = ctx.agent.versions.subscribe_all();
+    let rx = wait.map(|_| ctx.agent.versions.subscribe_all());
     let Some(part) = rows_part(&ctx) else {
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the list");
     };
@@ -348,17 +371,18 @@ pub(crate) fn bad_query(e: &query::QueryError) -> Response {
 /// Answers with `part`: 200, or 304 when the client has it. A client that
 /// has it and asked to wait is held until `current()` differs (200), the
 /// wait ends or the agent stops (304). `rx` was subscribed before `part`
-/// was read.
+/// was read, if the client asked to wait ([`subscribe_if`]).
 async fn respond(
     ctx: &Ctx,
     part: Part,
     headers: &HeaderMap,
     kind: &'static str,
     wait: Option<Duration>,
-    mut rx: watch::Receiver<u64>,
+    rx: Option<watch::Receiver<u64>>,
     current: impl Fn() -> Option<Part>,
 ) -> Response {
-    let Some(wait) = wait.filter(|_| etag_matches(headers, &part.etag)) else {
+    let (Some(wait), Some(mut rx)) = (wait.filter(|_| etag_matches(headers, part.etag_str())), rx)
+    else {
         return part_response(&part, headers, kind);
     };
     let deadline = tokio::time::sleep(with_jitter(wait));
@@ -373,7 +397,7 @@ async fn respond(
                     break;
                 }
                 if let Some(now) = current() {
-                    if !etag_matches(headers, &now.etag) {
+                    if !etag_matches(headers, now.etag_str()) {
                         return part_response(&now, headers, "hit");
                     }
                 }
@@ -478,19 +502,19 @@ pub(crate) fn printable(s: &str) -> String {
 async fn serve_part(
     ctx: &Ctx,
     name: Result<Path<String>, PathRejection>,
-    raw_query: Option<&str>,
-    headers: &HeaderMap,
+    req: &axum::http::request::Parts,
     pick: impl Fn(&Rendered) -> &Part,
 ) -> Response {
     let Path(name) = match name {
         Ok(n) => n,
         Err(e) => return bad_path(e),
     };
-    let wait = match wait_param(ctx, raw_query) {
+    let wait = match wait_param(ctx, req.uri.query()) {
         Ok(w) => w,
         Err(e) => return bad_query(&e),
     };
-    let rx = ctx.agent.versions.subscribe(&name);
+    let headers = &req.headers;
+    let rx = wait.map(|_| ctx.agent.versions.subscribe(&name));
     match lookup(ctx, &name).await {
         Ok(a) => {
             let part = pick(&a.data.rendered).clone();
@@ -514,13 +538,15 @@ fn answer_kind(a: &Answer<Entry>) -> &'static str {
     }
 }
 
-/// The GET route of one pre-rendered part of an emulator's entry.
+/// The GET route of one pre-rendered part of an emulator's entry. It takes
+/// the request whole: its headers and query are read in place, not copied.
 fn part_route(pick: fn(&Rendered) -> &Part) -> MethodRouter<Ctx> {
     get(
-        move |State(ctx): State<Ctx>,
-              name: Result<Path<String>, PathRejection>,
-              RawQuery(q): RawQuery,
-              h: HeaderMap| async move { serve_part(&ctx, name, q.as_deref(), &h, pick).await },
+        move |State(ctx): State<Ctx>, name: Result<Path<String>, PathRejection>, req: Request| async move {
+            // The parts only: the body is not shared across awaits.
+            let (parts, _) = req.into_parts();
+            serve_part(&ctx, name, &parts, pick).await
+        },
     )
 }
 
@@ -538,7 +564,7 @@ async fn device(
         Ok(w) => w,
         Err(e) => return bad_query(&e),
     };
-    let rx = ctx.agent.versions.subscribe(&name);
+    let rx = wait.map(|_| ctx.agent.versions.subscribe(&name));
     match lookup(&ctx, &name).await {
         Ok(a) => match a.data.rendered.device.get(&dev) {
             Some(part) => {

@@ -193,11 +193,17 @@ const FEATURE_LEAVES: &[(u32, u32)] = &[
 #[derive(Debug, Clone)]
 pub struct Host {
     root: PathBuf,
+    /// `/dev/kvm` under the root, checked on every lookup (joined once).
+    kvm: PathBuf,
 }
 
 impl Host {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Host { root: root.into() }
+        let root = root.into();
+        Host {
+            kvm: root.join("dev/kvm"),
+            root,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -215,7 +221,7 @@ impl Host {
         use rustix::fs::{Access, AtFlags, CWD, accessat};
         accessat(
             CWD,
-            self.path("/dev/kvm"),
+            &self.kvm,
             Access::READ_OK | Access::WRITE_OK,
             AtFlags::EACCESS,
         )
