@@ -69,12 +69,20 @@ fn main() {
             .expect("probe");
         probes.push(t.elapsed());
         startups.push(report.startup);
+        let reads = report
+            .commands
+            .iter()
+            .filter(|c| c.command == "device-list-properties")
+            .count();
         for (n, c) in report.commands.iter().enumerate() {
             // Device property reads are many small commands: one line.
             let key = if c.command == "device-list-properties" {
                 (
                     7,
-                    format!("device-list-properties (all {})", req.devices.len()),
+                    format!(
+                        "device-list-properties ({reads} of {} configured)",
+                        req.devices.len()
+                    ),
                 )
             } else {
                 (n, c.command.clone())
