@@ -308,8 +308,12 @@ mod tests {
         assert!(sent.contains("\"id\":\"qcapsd-2\""), "{sent}");
     }
 
-    /// The `qmp_capabilities` lines the client sent, in order.
-    async fn capability_requests(peer: &mut tokio::io::DuplexStream) -> Vec<Value> {
+    /// The `qmp_capabilities` requests a handshake against `script` sent,
+    /// in order.
+    async fn negotiation(script: &str) -> Vec<Value> {
+        let (mut q, mut peer) = session(script, 4096).await;
+        q.handshake().await.unwrap();
+        drop(q);
         let mut sent = String::new();
         peer.read_to_string(&mut sent).await.unwrap();
         sent.lines()
@@ -318,42 +322,27 @@ mod tests {
             .collect()
     }
 
+    const CAPS_OK: &str = "{\"return\": {}, \"id\": \"qcapsd-1\"}\n";
+
     #[tokio::test]
     async fn oob_is_enabled_where_offered_and_only_there() {
-        let (mut q, mut peer) = session(
-            &format!("{GREETING}{{\"return\": {{}}, \"id\": \"qcapsd-1\"}}\n"),
-            4096,
-        )
-        .await;
-        q.handshake().await.unwrap();
-        drop(q);
-        let sent = capability_requests(&mut peer).await;
+        let sent = negotiation(&format!("{GREETING}{CAPS_OK}")).await;
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0]["arguments"], json!({"enable": ["oob"]}));
 
         let plain = GREETING.replace("[\"oob\"]", "[]");
-        let (mut q, mut peer) = session(
-            &format!("{plain}{{\"return\": {{}}, \"id\": \"qcapsd-1\"}}\n"),
-            4096,
-        )
-        .await;
-        q.handshake().await.unwrap();
-        drop(q);
-        let sent = capability_requests(&mut peer).await;
+        let sent = negotiation(&format!("{plain}{CAPS_OK}")).await;
         assert_eq!(sent.len(), 1);
         assert!(sent[0].get("arguments").is_none(), "{}", sent[0]);
     }
 
     #[tokio::test]
     async fn a_refused_oob_falls_back_to_plain_negotiation() {
-        let script = format!(
+        let sent = negotiation(&format!(
             "{GREETING}{{\"error\": {{\"class\": \"GenericError\", \"desc\": \"no\"}}, \"id\": \"qcapsd-1\"}}\n\
              {{\"return\": {{}}, \"id\": \"qcapsd-2\"}}\n"
-        );
-        let (mut q, mut peer) = session(&script, 4096).await;
-        q.handshake().await.unwrap();
-        drop(q);
-        let sent = capability_requests(&mut peer).await;
+        ))
+        .await;
         assert_eq!(sent.len(), 2);
         assert!(sent[1].get("arguments").is_none(), "{}", sent[1]);
     }
