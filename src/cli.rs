@@ -87,21 +87,8 @@ pub enum Command {
         /// The guest architecture: picks the emulator for it.
         #[arg(long)]
         arch: Option<String>,
-        /// Machine type or alias (default: QEMU's default machine).
-        #[arg(long)]
-        machine: Option<String>,
-        /// CPU model.
-        #[arg(long)]
-        cpu: Option<String>,
-        /// A device type or alias; repeat for more.
-        #[arg(long = "device")]
-        devices: Vec<String>,
-        /// kvm or tcg (default: what the agent probed under).
-        #[arg(long, value_parser = ["kvm", "tcg"])]
-        accel: Option<String>,
-        /// Number of vCPUs.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        cpus: Option<u64>,
+        #[command(flatten)]
+        vm: VmArgs,
         /// Print the verdict as JSON.
         #[arg(long)]
         json: bool,
@@ -114,26 +101,47 @@ pub enum Command {
         /// Two or more documents of the same architecture.
         #[arg(required = true, num_args = 2..)]
         inputs: Vec<String>,
-        /// Check this machine type or alias on every input.
-        #[arg(long)]
-        machine: Option<String>,
-        /// Check this CPU model on every input.
-        #[arg(long)]
-        cpu: Option<String>,
-        /// Check this device on every input; repeat for more.
-        #[arg(long = "device")]
-        devices: Vec<String>,
-        /// Read CPU usability under this accelerator on every input
-        /// (default: each input's own).
-        #[arg(long, value_parser = ["kvm", "tcg"])]
-        accel: Option<String>,
-        /// Number of vCPUs, checked against the machine's limit.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-        cpus: Option<u64>,
+        /// The VM checked on every input.
+        #[command(flatten)]
+        vm: VmArgs,
         /// Print the comparison as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Validate a config file and say what it would do.
     CheckConfig { file: PathBuf },
+}
+
+/// The VM `check` and `compare` ask about.
+#[derive(Debug, clap::Args)]
+pub struct VmArgs {
+    /// Machine type or alias (check: default QEMU's default machine).
+    #[arg(long)]
+    pub machine: Option<String>,
+    /// CPU model.
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// A device type or alias; repeat for more.
+    #[arg(long = "device")]
+    pub devices: Vec<String>,
+    /// kvm or tcg: CPU usability under it (default: the accelerator each
+    /// document was probed under).
+    #[arg(long, value_parser = ["kvm", "tcg"])]
+    pub accel: Option<String>,
+    /// Number of vCPUs, checked against the machine's limit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cpus: Option<u64>,
+}
+
+impl VmArgs {
+    /// The check request, accelerator included.
+    pub fn request(self) -> crate::check::CheckRequest {
+        crate::check::CheckRequest {
+            machine: self.machine,
+            cpu: self.cpu,
+            devices: self.devices,
+            accel: self.accel,
+            cpus: self.cpus,
+        }
+    }
 }

@@ -61,44 +61,26 @@ fn main() -> ExitCode {
             socket,
             emulator,
             arch,
-            machine,
-            cpu,
-            devices,
-            accel,
-            cpus,
+            vm,
             json,
         } => {
             let target = match target_of(addr, socket) {
                 Ok(t) => t,
                 Err(code) => return code,
             };
-            let req = CheckRequest {
-                machine,
-                cpu,
-                devices,
-                accel,
-                cpus,
-            };
-            runtime.block_on(check(target, emulator, arch, req, json))
+            runtime.block_on(check(target, emulator, arch, vm.request(), json))
         }
-        Command::Compare {
-            inputs,
-            machine,
-            cpu,
-            devices,
-            accel,
-            cpus,
-            json,
-        } => {
-            let vm = (machine.is_some() || cpu.is_some() || !devices.is_empty() || cpus.is_some())
-                .then_some(CheckRequest {
-                    machine,
-                    cpu,
-                    devices,
-                    accel: None,
-                    cpus,
-                });
-            runtime.block_on(compare(inputs, accel, vm, json))
+        Command::Compare { inputs, vm, json } => {
+            // The accelerator applies to the comparison; the VM is checked
+            // only when something about it was asked.
+            let accel = vm.accel.clone();
+            let mut req = vm.request();
+            req.accel = None;
+            let asked = req.machine.is_some()
+                || req.cpu.is_some()
+                || !req.devices.is_empty()
+                || req.cpus.is_some();
+            runtime.block_on(compare(inputs, accel, asked.then_some(req), json))
         }
         Command::Query {
             addr,
