@@ -19,7 +19,7 @@ use super::exec::{Accel, ExecCounter, ExecError, ExecReport, ExecSpec, with_qemu
 use super::parse::{self, ParseError};
 use super::qmp::QmpError;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -181,7 +181,9 @@ struct Raw {
     kvm: Option<Value>,
     machines: Option<Value>,
     cpus: Option<Value>,
-    device_help: Option<Value>,
+    /// `device_add help`, parsed (in the session: it decides which
+    /// properties to read); `None` when not answered or listing nothing.
+    device_help: Option<parse::DeviceHelp>,
     types: Option<Value>,
     commands: Option<Value>,
     props: Vec<(String, Value)>,
@@ -332,16 +334,15 @@ async fn main_pass(
         raw.kvm = next();
         raw.machines = next();
         raw.cpus = next();
-        raw.device_help = next();
-        raw.commands = next();
-        let mut known: Option<BTreeSet<String>> = raw
-            .device_help
+        raw.device_help = next()
             .as_ref()
             .and_then(Value::as_str)
-            .map(|t| parse::device_help(t).names)
-            .filter(|names| !names.is_empty())
-            .map(BTreeSet::from_iter);
-        if known.is_none() {
+            .map(parse::device_help)
+            .filter(|d| !d.names.is_empty());
+        raw.commands = next();
+        // Without a device_add help list, qom-list-types names them.
+        let mut types: Option<Vec<String>> = None;
+        if raw.device_help.is_none() {
             let (mut replies, times) = qmp
                 .execute_batch_timed(&[(
                     "qom-list-types",
@@ -350,19 +351,21 @@ async fn main_pass(
                 .await?;
             raw.times.extend(times);
             raw.types = replies.pop().and_then(answered);
-            known = raw
-                .types
-                .as_ref()
-                .and_then(|t| parse::type_names(t).ok())
-                .map(BTreeSet::from_iter);
+            types = raw.types.as_ref().and_then(|t| parse::type_names(t).ok());
         }
+        // Both lists are sorted.
+        let known: Option<&[String]> = raw
+            .device_help
+            .as_ref()
+            .map(|d| d.names.as_slice())
+            .or(types.as_deref());
         // Properties of the configured devices the emulator has (all of
         // them when it could not list its devices): asking for one it
         // lacks costs QEMU as much as a real answer.
         let asked: Vec<&String> = req
             .devices
             .iter()
-            .filter(|d| known.as_ref().is_none_or(|k| k.contains(*d)))
+            .filter(|d| known.is_none_or(|k| k.binary_search(d).is_ok()))
             .collect();
         if !asked.is_empty() {
             let batch: Vec<(&str, Option<Value>)> = asked
@@ -425,13 +428,7 @@ fn build(
         (None, Accel::Kvm) => "kvm",
         _ => "tcg",
     };
-    let device_help = raw
-        .device_help
-        .as_ref()
-        .and_then(Value::as_str)
-        .map(parse::device_help)
-        .filter(|d| !d.names.is_empty());
-    let (devices, device_aliases, devices_source) = match (device_help, &raw.types) {
+    let (devices, device_aliases, devices_source) = match (raw.device_help, &raw.types) {
         (Some(d), _) => (d.names, d.aliases, Some(DevicesSource::DeviceAddHelp)),
         (None, Some(t)) => (
             parse::type_names(t)?,
