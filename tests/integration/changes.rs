@@ -394,15 +394,7 @@ fn the_history_survives_a_restart_and_a_corrupt_history_file_does_not() {
 #[test]
 fn the_changes_routes_and_the_client() {
     let d = tempfile::tempdir().unwrap();
-    let (x86, count_file) =
-        common::stand_in(d.path(), "qemu-system-x86_64", "caps_9.1.0_x86_64.replies");
-    let agent = InProcess::start(
-        d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\n",
-            x86.display()
-        ),
-    );
+    let (agent, x86, count_file) = InProcess::with_x86(d.path(), "caps_9.1.0_x86_64.replies", "");
     assert_eq!(
         agent.get("/v1/emulators/x86_64/changes").json(),
         serde_json::json!([])
@@ -464,6 +456,36 @@ async fn get_with(port: u16, path: &str, etag: &str) -> (u16, String) {
     (r.status, r.header("etag").unwrap_or("").to_owned())
 }
 
+/// `n` requests for `path` held on `rt` with `etag` as If-None-Match.
+fn hold(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    path: &str,
+    etag: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(u16, String)>> {
+    (0..n)
+        .map(|_| {
+            let (p, e) = (path.to_owned(), etag.to_owned());
+            rt.spawn(async move { get_with(port, &p, &e).await })
+        })
+        .collect()
+}
+
+/// What each held request was answered, in order.
+fn answers(
+    rt: &tokio::runtime::Runtime,
+    held: Vec<tokio::task::JoinHandle<(u16, String)>>,
+) -> Vec<(u16, String)> {
+    rt.block_on(async {
+        let mut v = Vec::new();
+        for h in held {
+            v.push(h.await.unwrap());
+        }
+        v
+    })
+}
+
 fn waiting(agent: &InProcess) -> f64 {
     agent.metric("qcapsd_http_waiting_requests").unwrap_or(-1.0)
 }
@@ -471,14 +493,10 @@ fn waiting(agent: &InProcess) -> f64 {
 #[test]
 fn a_thousand_held_requests_get_the_new_answer_for_one_exec() {
     let d = tempfile::tempdir().unwrap();
-    let (x86, count_file) =
-        common::stand_in(d.path(), "qemu-system-x86_64", "caps_9.1.0_x86_64.replies");
-    let agent = InProcess::start(
+    let (agent, x86, count_file) = InProcess::with_x86(
         d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\nhttp:\n  max_connections: 2048\n",
-            x86.display()
-        ),
+        "caps_9.1.0_x86_64.replies",
+        "http:\n  max_connections: 2048\n",
     );
     let etag = agent
         .get("/v1/emulators/x86_64")
@@ -487,22 +505,11 @@ fn a_thousand_held_requests_get_the_new_answer_for_one_exec() {
         .to_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let port = agent.port;
-    let held: Vec<_> = (0..1000)
-        .map(|_| {
-            let etag = etag.clone();
-            rt.spawn(async move { get_with(port, "/v1/emulators/x86_64?wait=60s", &etag).await })
-        })
-        .collect();
+    let held = hold(&rt, port, "/v1/emulators/x86_64?wait=60s", &etag, 1000);
     common::poll_until(|| waiting(&agent) == 1000.0);
     assert_eq!(waiting(&agent), 1000.0, "every request is held");
     rename_upgrade(&x86, "caps_10.0.0_x86_64.replies", &count_file);
-    let answers: Vec<(u16, String)> = rt.block_on(async {
-        let mut v = Vec::new();
-        for h in held {
-            v.push(h.await.unwrap());
-        }
-        v
-    });
+    let answers = answers(&rt, held);
     let new = agent
         .get("/v1/emulators/x86_64")
         .header("etag")
@@ -524,15 +531,7 @@ fn a_thousand_held_requests_get_the_new_answer_for_one_exec() {
 #[test]
 fn held_requests_get_304_when_nothing_changes_and_list_and_device_routes_hold_too() {
     let d = tempfile::tempdir().unwrap();
-    let (x86, count_file) =
-        common::stand_in(d.path(), "qemu-system-x86_64", "caps_9.1.0_x86_64.replies");
-    let agent = InProcess::start(
-        d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\n",
-            x86.display()
-        ),
-    );
+    let (agent, _, count_file) = InProcess::with_x86(d.path(), "caps_9.1.0_x86_64.replies", "");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let port = agent.port;
     for path in [
@@ -542,19 +541,8 @@ fn held_requests_get_304_when_nothing_changes_and_list_and_device_routes_hold_to
     ] {
         let etag = agent.get(path).header("etag").unwrap().to_owned();
         let started = Instant::now();
-        let answers: Vec<(u16, String)> = rt.block_on(async {
-            let held: Vec<_> = (0..50)
-                .map(|_| {
-                    let (p, e) = (format!("{path}?wait=1s"), etag.clone());
-                    tokio::spawn(async move { get_with(port, &p, &e).await })
-                })
-                .collect();
-            let mut v = Vec::new();
-            for h in held {
-                v.push(h.await.unwrap());
-            }
-            v
-        });
+        let held = hold(&rt, port, &format!("{path}?wait=1s"), &etag, 50);
+        let answers = answers(&rt, held);
         assert!(
             started.elapsed() >= Duration::from_secs(1),
             "{path}: held for the wait"
@@ -580,14 +568,7 @@ fn held_requests_get_304_when_nothing_changes_and_list_and_device_routes_hold_to
 #[test]
 fn shutdown_answers_held_requests_at_once() {
     let d = tempfile::tempdir().unwrap();
-    let (x86, _) = common::stand_in(d.path(), "qemu-system-x86_64", "caps_9.1.0_x86_64.replies");
-    let agent = InProcess::start(
-        d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\n",
-            x86.display()
-        ),
-    );
+    let (agent, _, _) = InProcess::with_x86(d.path(), "caps_9.1.0_x86_64.replies", "");
     let etag = agent
         .get("/v1/emulators/x86_64/machines")
         .header("etag")
@@ -595,24 +576,17 @@ fn shutdown_answers_held_requests_at_once() {
         .to_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let port = agent.port;
-    let held: Vec<_> = (0..20)
-        .map(|_| {
-            let e = etag.clone();
-            rt.spawn(
-                async move { get_with(port, "/v1/emulators/x86_64/machines?wait=5m", &e).await },
-            )
-        })
-        .collect();
+    let held = hold(
+        &rt,
+        port,
+        "/v1/emulators/x86_64/machines?wait=5m",
+        &etag,
+        20,
+    );
     common::poll_until(|| waiting(&agent) == 20.0);
     let started = Instant::now();
     agent.stop().unwrap();
-    let answers: Vec<(u16, String)> = rt.block_on(async {
-        let mut v = Vec::new();
-        for h in held {
-            v.push(h.await.unwrap());
-        }
-        v
-    });
+    let answers = answers(&rt, held);
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "answered, not held for the wait"
@@ -624,15 +598,7 @@ fn shutdown_answers_held_requests_at_once() {
 fn query_watch_prints_the_answer_then_each_new_one() {
     use std::io::BufRead;
     let d = tempfile::tempdir().unwrap();
-    let (x86, count_file) =
-        common::stand_in(d.path(), "qemu-system-x86_64", "caps_9.1.0_x86_64.replies");
-    let agent = InProcess::start(
-        d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\n",
-            x86.display()
-        ),
-    );
+    let (agent, x86, count_file) = InProcess::with_x86(d.path(), "caps_9.1.0_x86_64.replies", "");
     let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
         .args([
             "query",

@@ -515,17 +515,10 @@ fn no_answer_yet_is_503_and_stale_data_answers_with_a_warning() {
 
     // Stale: a good probe, then the binary changes into one that fails.
     let dir = tempfile::tempdir().unwrap();
-    let (x86, _) = common::stand_in(
+    let (agent, x86, _) = InProcess::with_x86(
         dir.path(),
-        "qemu-system-x86_64",
         "caps_10.0.0_x86_64.replies",
-    );
-    let agent = InProcess::start(
-        dir.path(),
-        &format!(
-            "probe_timeout: 2s\nrevalidate_interval: 1h\nemulators:\n  - path: {}\n    name: x86_64\n",
-            x86.display()
-        ),
+        "probe_timeout: 2s\nrevalidate_interval: 1h\n",
     );
     assert_eq!(
         agent.get("/v1/check?emulator=x86_64&machine=q35").json()["ok"],

@@ -35,17 +35,8 @@ fn saved_document(dir: &Path, name: &str) -> PathBuf {
 /// The CPU models QEMU calls not migration-safe in a transcript's first
 /// `query-cpu-definitions` (read here from the recording itself).
 fn not_migration_safe(name: &str) -> BTreeSet<String> {
-    let text = std::fs::read_to_string(common::transcript(&format!("{name}.replies"))).unwrap();
-    let objs: Vec<Value> = text
-        .split("\n\n")
-        .filter(|c| !c.trim().is_empty())
-        .map(|c| serde_json::from_str(c).unwrap())
-        .collect();
-    let at = objs
-        .iter()
-        .position(|o| o["execute"] == "query-cpu-definitions")
-        .unwrap();
-    objs[at + 1]["return"]
+    let transcript = common::transcript(&format!("{name}.replies"));
+    common::recorded_reply(&transcript, "query-cpu-definitions")["return"]
         .as_array()
         .unwrap()
         .iter()
@@ -173,14 +164,7 @@ fn another_architecture_is_refused_with_64() {
 #[test]
 fn a_live_agent_a_served_document_and_stdin_are_inputs_too() {
     let d = tempfile::tempdir().unwrap();
-    let (x86, _) = common::stand_in(d.path(), "qemu-system-x86_64", "caps_10.0.0_x86_64.replies");
-    let agent = InProcess::start(
-        d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\n",
-            x86.display()
-        ),
-    );
+    let (agent, _, _) = InProcess::with_x86(d.path(), "caps_10.0.0_x86_64.replies", "");
     let url = format!("http://127.0.0.1:{}/v1/emulators/x86_64", agent.port);
     let served = d.path().join("served.json");
     std::fs::write(&served, agent.get("/v1/emulators/x86_64").body).unwrap();

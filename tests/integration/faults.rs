@@ -213,13 +213,10 @@ fn process_named(needle: &str) -> bool {
 #[test]
 fn slow_readers_cannot_starve_a_fresh_client() {
     let d = tempfile::tempdir().unwrap();
-    let (x86, _) = common::stand_in(d.path(), "qemu-system-x86_64", "caps_10.0.0_x86_64.replies");
-    let agent = InProcess::start(
+    let (agent, _, _) = InProcess::with_x86(
         d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\nhttp:\n  max_connections: 8\n  write_timeout: 1s\n",
-            x86.display()
-        ),
+        "caps_10.0.0_x86_64.replies",
+        "http:\n  max_connections: 8\n  write_timeout: 1s\n",
     );
     // Eight clients fill every slot: each pipelines requests for the full
     // document (~190 KB) and never reads.
@@ -534,14 +531,10 @@ fn two_agents_never_share_a_cache_directory() {
 #[test]
 fn a_chunked_body_over_the_limit_gets_413_and_no_probe() {
     let d = tempfile::tempdir().unwrap();
-    let (x86, x86_count) =
-        common::stand_in(d.path(), "qemu-system-x86_64", "caps_9.1.0_x86_64.replies");
-    let agent = InProcess::start(
+    let (agent, _, x86_count) = InProcess::with_x86(
         d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\nhttp:\n  max_body_bytes: 4096\n",
-            x86.display()
-        ),
+        "caps_9.1.0_x86_64.replies",
+        "http:\n  max_body_bytes: 4096\n",
     );
     let chunk = "x".repeat(4096);
     let body = format!("1000\r\n{chunk}\r\n1000\r\n{chunk}\r\n0\r\n\r\n");

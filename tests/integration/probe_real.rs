@@ -68,20 +68,12 @@ fn schema_commands(bin: &Path) -> Vec<String> {
     for line in reader.lines() {
         let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
         if v["id"] == "s" {
-            names = v["return"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["meta-type"] == "command")
-                .map(|e| e["name"].as_str().unwrap().to_owned())
-                .collect();
+            names = common::schema_command_names(&v);
             break;
         }
     }
     drop(input);
     let _ = qemu.wait();
-    names.sort();
-    names.dedup();
     names
 }
 

@@ -9,14 +9,7 @@ use crate::common::{self, Http, InProcess};
 #[test]
 fn the_openapi_description_passes_openapi_spec_validator_and_is_what_is_served() {
     let d = tempfile::tempdir().unwrap();
-    let (x86, _) = common::stand_in(d.path(), "qemu-system-x86_64", "caps_10.0.0_x86_64.replies");
-    let agent = InProcess::start(
-        d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\n",
-            x86.display()
-        ),
-    );
+    let (agent, _, _) = InProcess::with_x86(d.path(), "caps_10.0.0_x86_64.replies", "");
     let served = agent.get("/v1/openapi.json");
     assert_eq!(served.status, 200);
     assert!(served.header("etag").is_some());
@@ -62,14 +55,7 @@ fn body_validation_catches_a_wrong_body_and_covers_the_routes() {
     );
 
     let d = tempfile::tempdir().unwrap();
-    let (x86, _) = common::stand_in(d.path(), "qemu-system-x86_64", "caps_10.0.0_x86_64.replies");
-    let agent = InProcess::start(
-        d.path(),
-        &format!(
-            "emulators:\n  - path: {}\n    name: x86_64\n",
-            x86.display()
-        ),
-    );
+    let (agent, _, _) = InProcess::with_x86(d.path(), "caps_10.0.0_x86_64.replies", "");
     let paths = [
         "/v1/emulators",
         "/v1/emulators/x86_64",

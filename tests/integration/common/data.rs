@@ -30,19 +30,21 @@ pub fn transcript(name: &str) -> PathBuf {
     replies_dir().join(name)
 }
 
-/// The command names in a transcript's recorded `query-qmp-schema`.
-pub fn schema_commands_of(transcript: &Path) -> Vec<String> {
+/// The reply a transcript recorded to the first `command`.
+pub fn recorded_reply(transcript: &Path, command: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(transcript).unwrap();
-    let objs: Vec<serde_json::Value> = text
+    let mut objs = text
         .split("\n\n")
         .filter(|c| !c.trim().is_empty())
-        .map(|c| serde_json::from_str(c).unwrap())
-        .collect();
-    let at = objs
-        .iter()
-        .position(|o| o["execute"] == "query-qmp-schema")
-        .expect("a recorded schema");
-    let mut names: Vec<String> = objs[at + 1]["return"]
+        .map(|c| serde_json::from_str::<serde_json::Value>(c).unwrap());
+    objs.find(|o| o["execute"] == command)
+        .unwrap_or_else(|| panic!("{}: no {command} recorded", transcript.display()));
+    objs.next().expect("its reply")
+}
+
+/// The command names of a `query-qmp-schema` reply, sorted, no duplicates.
+pub fn schema_command_names(reply: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = reply["return"]
         .as_array()
         .unwrap()
         .iter()
@@ -52,4 +54,9 @@ pub fn schema_commands_of(transcript: &Path) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// The command names in a transcript's recorded `query-qmp-schema`.
+pub fn schema_commands_of(transcript: &Path) -> Vec<String> {
+    schema_command_names(&recorded_reply(transcript, "query-qmp-schema"))
 }

@@ -38,6 +38,22 @@ impl InProcess {
         a
     }
 
+    /// The most common agent under test: one counting x86_64 stand-in
+    /// replaying `transcript`, named `x86_64`, plus `extra` (whole YAML
+    /// keys). Returns the ready agent, the stand-in's path and its count
+    /// file.
+    pub fn with_x86(dir: &Path, transcript: &str, extra: &str) -> (InProcess, PathBuf, PathBuf) {
+        let (x86, count) = super::stand_in(dir, "qemu-system-x86_64", transcript);
+        let agent = Self::start(
+            dir,
+            &format!(
+                "{extra}emulators:\n  - path: {}\n    name: x86_64\n",
+                x86.display()
+            ),
+        );
+        (agent, x86, count)
+    }
+
     /// Starts the agent without waiting for it to be ready.
     pub fn spawn(dir: &Path, extra: &str) -> InProcess {
         let port = free_port();
