@@ -46,6 +46,19 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// After QMP breaks, how long QEMU gets to exit by itself so that its own
 /// exit status (and last stderr words) make it into the error.
 const EXIT_GRACE: Duration = Duration::from_millis(300);
+/// Waits before retrying an exec refused with `ETXTBSY` (the file is open
+/// for writing somewhere). That happens when an installer writes the binary
+/// in place, and, briefly, when any process forks while another thread of
+/// it holds the file open for writing: the child keeps that descriptor
+/// until its own exec. Both pass; the retries cover about 1.3 s.
+const BUSY_RETRIES: [Duration; 6] = [
+    Duration::from_millis(10),
+    Duration::from_millis(30),
+    Duration::from_millis(60),
+    Duration::from_millis(150),
+    Duration::from_millis(350),
+    Duration::from_millis(700),
+];
 
 /// Which accelerator QEMU is asked for.
 #[derive(
@@ -131,6 +144,12 @@ pub enum ExecError {
     NotFound { path: PathBuf },
     #[error("{}: not an executable file", .path.display())]
     NotExecutable { path: PathBuf },
+    #[error(
+        "{}: cannot start: the file is open for writing by another process (being replaced?); still busy after {}ms",
+        .path.display(),
+        .waited.as_millis()
+    )]
+    Busy { path: PathBuf, waited: Duration },
     #[error("{}: cannot start: {source}", .path.display())]
     Spawn {
         path: PathBuf,
@@ -182,7 +201,9 @@ impl ExecError {
     pub fn reason(&self) -> &'static str {
         match self {
             ExecError::NotFound { .. } => "not_found",
-            ExecError::NotExecutable { .. } | ExecError::Spawn { .. } => "spawn",
+            ExecError::NotExecutable { .. } | ExecError::Busy { .. } | ExecError::Spawn { .. } => {
+                "spawn"
+            }
             ExecError::Timeout { .. } => "timeout",
             ExecError::Cancelled { .. } => "cancelled",
             ExecError::Qmp { .. } => "qmp",
@@ -320,44 +341,75 @@ struct Running {
 
 impl Running {
     async fn spawn(spec: &ExecSpec) -> Result<Self, ExecError> {
-        let path_env = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-        // The one place qcapsd starts a process (clippy.toml forbids it
-        // everywhere else).
-        #[allow(clippy::disallowed_methods)]
-        let mut cmd = Command::new(&spec.path);
-        cmd.args([
-            "-S",
-            "-no-user-config",
-            "-nodefaults",
-            "-nographic",
-            "-machine",
-            spec.accel.machine_arg(),
-            "-qmp",
-            "stdio",
-        ])
-        .env_clear()
-        .env("PATH", path_env)
-        .env("LC_ALL", "C")
-        .envs(spec.tag.iter().map(|t| (TAG_VAR, t)))
-        .current_dir("/")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-        die_with_parent(&mut cmd);
-        let mut child = spawn_on_spawner(cmd).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ExecError::NotFound {
-                path: spec.path.clone(),
-            },
-            std::io::ErrorKind::PermissionDenied => ExecError::NotExecutable {
-                path: spec.path.clone(),
-            },
-            _ => ExecError::Spawn {
-                path: spec.path.clone(),
-                source: e,
-            },
-        })?;
+        let mut waited = Duration::ZERO;
+        let mut retries = BUSY_RETRIES.iter();
+        let child = loop {
+            match spawn_on_spawner(command(spec)).await {
+                Ok(child) => break child,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) => {
+                    let Some(&pause) = retries.next() else {
+                        return Err(ExecError::Busy {
+                            path: spec.path.clone(),
+                            waited,
+                        });
+                    };
+                    tracing::debug!(path = %spec.path.display(), "binary busy (open for writing); retrying");
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                }
+                Err(e) => {
+                    return Err(match e.kind() {
+                        std::io::ErrorKind::NotFound => ExecError::NotFound {
+                            path: spec.path.clone(),
+                        },
+                        std::io::ErrorKind::PermissionDenied => ExecError::NotExecutable {
+                            path: spec.path.clone(),
+                        },
+                        _ => ExecError::Spawn {
+                            path: spec.path.clone(),
+                            source: e,
+                        },
+                    });
+                }
+            }
+        };
+        Ok(Self::started(child, spec.max_message))
+    }
+}
+
+/// QEMU's command line and environment for one probe.
+fn command(spec: &ExecSpec) -> Command {
+    let path_env = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    // The one place qcapsd starts a process (clippy.toml forbids it
+    // everywhere else).
+    #[allow(clippy::disallowed_methods)]
+    let mut cmd = Command::new(&spec.path);
+    cmd.args([
+        "-S",
+        "-no-user-config",
+        "-nodefaults",
+        "-nographic",
+        "-machine",
+        spec.accel.machine_arg(),
+        "-qmp",
+        "stdio",
+    ])
+    .env_clear()
+    .env("PATH", path_env)
+    .env("LC_ALL", "C")
+    .envs(spec.tag.iter().map(|t| (TAG_VAR, t)))
+    .current_dir("/")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0)
+    .kill_on_drop(true);
+    die_with_parent(&mut cmd);
+    cmd
+}
+
+impl Running {
+    fn started(mut child: Child, max_message: usize) -> Self {
         let pgid = child.id().and_then(|id| Pid::from_raw(id as i32));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stderr_task = match child.stderr.take() {
@@ -381,17 +433,17 @@ impl Running {
             None => tokio::spawn(async {}),
         };
         let qmp = match (child.stdout.take(), child.stdin.take()) {
-            (Some(out), Some(inp)) => Some(Qmp::new(out, inp, spec.max_message)),
+            (Some(out), Some(inp)) => Some(Qmp::new(out, inp, max_message)),
             _ => None,
         };
-        Ok(Running {
+        Running {
             child: Some(child),
             pgid,
             qmp,
             stderr,
             stderr_task,
             killed_by_us: false,
-        })
+        }
     }
 
     /// Waits up to `grace` for the leader to exit on its own, without

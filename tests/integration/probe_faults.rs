@@ -62,6 +62,39 @@ async fn non_executable_file_is_refused() {
     assert!(e.ends_with("not an executable file"), "a directory: {e}");
 }
 
+/// A binary open for writing cannot be exec'd (`ETXTBSY`). While it stays
+/// open the probe says so in one line; once it is closed the probe goes
+/// through. (This once failed CI: a test thread forked while another held
+/// its freshly written stand-in open.)
+#[tokio::test]
+async fn binary_open_for_writing_is_retried_then_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let transcript = common::transcript("caps_9.1.0_x86_64.replies");
+    let bin = common::replay_emulator(dir.path(), "qemu", &transcript);
+
+    let writer = std::fs::OpenOptions::new().append(true).open(&bin).unwrap();
+    let e = probe_err(&bin).await;
+    assert_eq!(
+        e,
+        format!(
+            "{}: cannot start: the file is open for writing by another process \
+             (being replaced?); still busy after 1300ms",
+            bin.display()
+        )
+    );
+
+    // Closed while the probe is retrying (it starts at once and retries for
+    // 1.3 s): it goes through.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(writer);
+    });
+    probe_with_timeout(&bin, Duration::from_secs(30))
+        .await
+        .expect("the probe succeeds once the writer is gone");
+    release.join().unwrap();
+}
+
 #[tokio::test]
 async fn emulator_that_exits_at_once_reports_its_stderr_and_status() {
     let dir = tempfile::tempdir().unwrap();
