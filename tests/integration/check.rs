@@ -6,14 +6,13 @@
 
 use crate::common::{self, CpuKey, Http, InProcess, count, libvirt_cpus};
 use qcapsd::check::{CheckRequest, check};
-use qcapsd::qemu::{Accel, Capabilities, ExecCounter, ProbeRequest, probe};
+use qcapsd::qemu::Capabilities;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// One VM to ask about.
 #[derive(Debug, Clone)]
@@ -330,17 +329,9 @@ fn verdicts_match_qemu_starting_the_vm() {
 async fn probe_both_accels(transcript: &Path) -> Capabilities {
     let dir = tempfile::tempdir().unwrap();
     let bin = common::replay_emulator(dir.path(), "qemu-system-replay", transcript);
-    // The agent's default accelerators on a host where KVM works.
-    let req = ProbeRequest::new("replay").accels(&[Accel::Kvm, Accel::Tcg], true);
-    let (caps, _) = probe(
-        &bin,
-        &req,
-        &ExecCounter::default(),
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}: {e}", transcript.display()));
-    caps
+    common::probe_kvm_and_tcg(&bin, "replay")
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", transcript.display()))
 }
 
 /// For every recorded probe, the check's verdict on each CPU model, under

@@ -126,7 +126,6 @@ fn metrics_of_an_agent_over_two_replayed_transcripts() {
 
 #[tokio::test]
 async fn document_of_a_replayed_transcript() {
-    use qcapsd::qemu::{Accel, ExecCounter, ProbeRequest, probe};
     let d = tempfile::tempdir().unwrap();
     let bin = common::replay_emulator(
         d.path(),
@@ -135,15 +134,9 @@ async fn document_of_a_replayed_transcript() {
     );
     // The agent's default accelerators on a host where KVM works: the
     // recording is TCG-only, so QEMU falls back and the document says so.
-    let req = ProbeRequest::new("qemu-system-riscv64").accels(&[Accel::Kvm, Accel::Tcg], true);
-    let (caps, _) = probe(
-        &bin,
-        &req,
-        &ExecCounter::default(),
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let caps = common::probe_kvm_and_tcg(&bin, "qemu-system-riscv64")
+        .await
+        .unwrap();
     let mut doc = serde_json::to_value(&caps).unwrap();
     doc["probe"]["started_at"] = "<time>".into();
     doc["probe"]["duration_seconds"] = "<time>".into();

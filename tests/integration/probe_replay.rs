@@ -166,15 +166,7 @@ async fn the_probe_asks_only_for_what_the_document_uses() {
             &log,
         );
         // Both passes: the main one under KVM and the TCG one.
-        let req = ProbeRequest::new("rec").accels(&[Accel::Kvm, Accel::Tcg], true);
-        let (caps, _) = probe(
-            &bin,
-            &req,
-            &ExecCounter::default(),
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+        let caps = common::probe_kvm_and_tcg(&bin, "rec").await.unwrap();
         assert!(
             caps.other_accels["tcg"].error.is_none(),
             "{t}: the TCG pass ran"
@@ -192,7 +184,7 @@ async fn the_probe_asks_only_for_what_the_document_uses() {
             }
         }
         let asked = log.matches("device-list-properties ").count();
-        let expected = req
+        let expected = ProbeRequest::new("rec")
             .devices
             .iter()
             .filter(|d| caps.devices.contains(d))

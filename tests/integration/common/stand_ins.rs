@@ -113,3 +113,22 @@ pub fn rename_upgrade(path: &Path, new_transcript: &str, count_file: &Path) {
     );
     std::fs::rename(staged, path).unwrap();
 }
+
+/// Probes `bin` (called `name`) as the agent does by default on a host
+/// where KVM works: the main pass under KVM, falling back to TCG, and a
+/// CPU pass under TCG.
+pub async fn probe_kvm_and_tcg(
+    bin: &Path,
+    name: &str,
+) -> Result<qcapsd::qemu::Capabilities, qcapsd::qemu::ProbeError> {
+    use qcapsd::qemu::{Accel, ExecCounter, ProbeRequest, probe};
+    let req = ProbeRequest::new(name).accels(&[Accel::Kvm, Accel::Tcg], true);
+    probe(
+        bin,
+        &req,
+        &ExecCounter::default(),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .map(|(caps, _)| caps)
+}
