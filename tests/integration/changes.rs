@@ -143,14 +143,7 @@ fn a_rename_upgrade_records_what_libvirt_s_own_parses_say_changed() {
         ("caps_8.2.0_x86_64.replies", "caps_9.1.0_x86_64.replies"),
     ] {
         let d = tempfile::tempdir().unwrap();
-        let (x86, count_file) = common::stand_in(d.path(), "qemu-system-x86_64", from);
-        let agent = InProcess::start(
-            d.path(),
-            &format!(
-                "emulators:\n  - path: {}\n    name: x86_64\n",
-                x86.display()
-            ),
-        );
+        let (agent, x86, count_file) = InProcess::with_x86(d.path(), from, "");
         rename_upgrade(&x86, to, &count_file);
         let change = newest_change(&agent, "x86_64", 1);
         assert_eq!(change["reason"], "binary_changed");
