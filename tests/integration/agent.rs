@@ -351,10 +351,7 @@ fn kvm_appearing_or_going_away_reprobes_once() {
 fn sighup_reloads_added_and_removed_emulators() {
     let d = tempfile::tempdir().unwrap();
     let f = fleet(d.path());
-    let only_x86 = format!(
-        "emulators:\n  - path: {}\n    name: x86_64\n",
-        f.x86.display()
-    );
+    let only_x86 = common::x86_yaml(&f.x86);
     let agent = AgentProc::start(d.path(), &only_x86);
     assert_eq!(agent.get("/v1/emulators/aarch64").status, 404);
     let text = std::fs::read_to_string(&agent.config).unwrap();

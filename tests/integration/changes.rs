@@ -317,15 +317,10 @@ fn kvm_taken_away_records_the_accelerator_and_the_usability_changes() {
     std::fs::write(root.join("proc/sys/kernel/osrelease"), "6.1.0-fixture\n").unwrap();
     std::fs::write(root.join("proc/cpuinfo"), "vendor_id\t: GenuineIntel\n").unwrap();
     std::fs::write(root.join("dev/kvm"), "").unwrap();
-    let (x86, count_file) =
-        common::stand_in(d.path(), "qemu-system-x86_64", "caps_10.0.0_x86_64.replies");
-    let agent = InProcess::start(
+    let (agent, _, count_file) = InProcess::with_x86(
         d.path(),
-        &format!(
-            "host_root: {}\nrevalidate_interval: 1h\nemulators:\n  - path: {}\n    name: x86_64\n",
-            root.display(),
-            x86.display()
-        ),
+        "caps_10.0.0_x86_64.replies",
+        &format!("host_root: {}\nrevalidate_interval: 1h\n", root.display()),
     );
     assert_eq!(agent.get("/v1/emulators/x86_64").json()["accel"], "kvm");
     std::fs::remove_file(root.join("dev/kvm")).unwrap();
@@ -350,10 +345,7 @@ fn the_history_survives_a_restart_and_a_corrupt_history_file_does_not() {
     let d = tempfile::tempdir().unwrap();
     let (x86, count_file) =
         common::stand_in(d.path(), "qemu-system-x86_64", "caps_9.1.0_x86_64.replies");
-    let yaml = format!(
-        "emulators:\n  - path: {}\n    name: x86_64\n",
-        x86.display()
-    );
+    let yaml = common::x86_yaml(&x86);
     let agent = InProcess::start(d.path(), &yaml);
     rename_upgrade(&x86, "caps_10.0.0_x86_64.replies", &count_file);
     let before = newest_change(&agent, "x86_64", 1);

@@ -614,18 +614,10 @@ fn default_accels_answer_both_accelerators_from_qemu() {
         if kvm {
             std::fs::write(host.join("dev/kvm"), "").unwrap();
         }
-        let (x86, execs) = common::stand_in(
+        let (agent, _, execs) = InProcess::with_x86(
             dir.path(),
-            "qemu-system-x86_64",
             "caps_10.0.0_x86_64.replies",
-        );
-        let agent = InProcess::start(
-            dir.path(),
-            &format!(
-                "host_root: {}\naccels: [kvm, tcg]\nemulators:\n  - path: {}\n    name: x86_64\n",
-                host.display(),
-                x86.display()
-            ),
+            &format!("host_root: {}\naccels: [kvm, tcg]\n", host.display()),
         );
         let doc = agent.get("/v1/emulators/x86_64").json();
         let xml = common::parse_libvirt_xml(
@@ -673,18 +665,10 @@ fn default_accels_answer_both_accelerators_from_qemu() {
         }
         // One accelerator only: the other is unknown, never guessed.
         let one = tempfile::tempdir().unwrap();
-        let (x86, _) = common::stand_in(
+        let (agent, _, _) = InProcess::with_x86(
             one.path(),
-            "qemu-system-x86_64",
             "caps_10.0.0_x86_64.replies",
-        );
-        let agent = InProcess::start(
-            one.path(),
-            &format!(
-                "host_root: {}\naccels: [tcg]\nemulators:\n  - path: {}\n    name: x86_64\n",
-                host.display(),
-                x86.display()
-            ),
+            &format!("host_root: {}\naccels: [tcg]\n", host.display()),
         );
         let v = agent
             .get("/v1/check?emulator=x86_64&cpu=Haswell-v1&accel=kvm")

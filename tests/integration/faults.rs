@@ -335,10 +335,7 @@ fn bit_flips_and_edits_in_a_cache_file_are_discarded() {
     let d = tempfile::tempdir().unwrap();
     let (x86, x86_count) =
         common::stand_in(d.path(), "qemu-system-x86_64", "caps_10.0.0_x86_64.replies");
-    let yaml = format!(
-        "emulators:\n  - path: {}\n    name: x86_64\n",
-        x86.display()
-    );
+    let yaml = common::x86_yaml(&x86);
     let agent = InProcess::start(d.path(), &yaml);
     let file = d.path().join("cache/x86_64.json");
     common::poll_until(|| file.exists());

@@ -44,13 +44,7 @@ impl InProcess {
     /// file.
     pub fn with_x86(dir: &Path, transcript: &str, extra: &str) -> (InProcess, PathBuf, PathBuf) {
         let (x86, count) = super::stand_in(dir, "qemu-system-x86_64", transcript);
-        let agent = Self::start(
-            dir,
-            &format!(
-                "{extra}emulators:\n  - path: {}\n    name: x86_64\n",
-                x86.display()
-            ),
-        );
+        let agent = Self::start(dir, &(extra.to_owned() + &x86_yaml(&x86)));
         (agent, x86, count)
     }
 
@@ -113,4 +107,12 @@ impl Drop for InProcess {
             let _ = t.join();
         }
     }
+}
+
+/// The `emulators:` key naming `x86` as `x86_64`.
+pub fn x86_yaml(x86: &Path) -> String {
+    format!(
+        "emulators:\n  - path: {}\n    name: x86_64\n",
+        x86.display()
+    )
 }

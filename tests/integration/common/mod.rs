@@ -29,7 +29,7 @@ pub fn one_pass(extra: &str) -> &'static str {
 pub use agent_proc::AgentProc;
 pub use data::*;
 pub use http::*;
-pub use in_process::InProcess;
+pub use in_process::{InProcess, x86_yaml};
 pub use libvirt::*;
 pub use poll::poll_until;
 pub use procs::*;
