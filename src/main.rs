@@ -5,12 +5,13 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use qcapsd::check::{CheckRequest, Verdict};
+use qcapsd::agent::discovery;
+use qcapsd::api::client::{self, QueryError, Target, What};
 use qcapsd::cli::{Cli, Command, LogFormat};
-use qcapsd::client::{self, QueryError, Target, What};
 use qcapsd::config::Config;
+use qcapsd::daemon;
 use qcapsd::qemu::{self, Accel, ExecCounter, ProbeRequest};
-use qcapsd::{daemon, discovery};
+use qcapsd::verdicts::check::{CheckRequest, Verdict};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
     });
     match command {
         Command::Run { config, log_format } => run(&runtime, config, log_format),
-        Command::Probe { schema: true, .. } => print_json(&qcapsd::openapi::document_schema()),
+        Command::Probe { schema: true, .. } => print_json(&qcapsd::api::openapi::document_schema()),
         Command::Probe {
             path: Some(path),
             accel,
@@ -248,7 +249,7 @@ async fn compare(
     }
     let mut loaded = Vec::with_capacity(inputs.len());
     for i in &inputs {
-        match qcapsd::compare::load(i).await {
+        match qcapsd::verdicts::compare::load(i).await {
             Ok(input) => loaded.push(input),
             Err(e) => {
                 eprintln!("qcapsd: {e}");
@@ -256,7 +257,7 @@ async fn compare(
             }
         }
     }
-    let c = match qcapsd::compare::compare(&loaded, accel.as_deref(), vm.as_ref()) {
+    let c = match qcapsd::verdicts::compare::compare(&loaded, accel.as_deref(), vm.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("qcapsd: {e}");
@@ -266,7 +267,7 @@ async fn compare(
     let printed = if json {
         print_json(&c)
     } else {
-        print_bytes(qcapsd::compare::render(&c).as_bytes())
+        print_bytes(qcapsd::verdicts::compare::render(&c).as_bytes())
     };
     let all_can_run = c.vm.iter().flatten().all(|v| v.ok);
     if printed != ExitCode::SUCCESS || all_can_run {

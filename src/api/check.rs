@@ -1,12 +1,12 @@
 //! `GET /v1/check`: the admission check over HTTP. The query is parsed
 //! strictly before anything else (a malformed one is a 400 and touches no
 //! emulator), then the emulator's entry is looked up like on every other
-//! route and [`crate::check::check`] gives the verdict.
+//! route and [`crate::verdicts::check::check`] gives the verdict.
 
 use super::query::{self, QueryError};
 use super::{Ctx, bad_query, json_error, json_value, lookup, printable};
 use crate::cache::State as KeyState;
-use crate::check::{self, CheckRequest};
+use crate::verdicts::check::{self, CheckRequest};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -146,7 +146,7 @@ fn resolve(ctx: &Ctx, target: &Target) -> Result<String, (StatusCode, String)> {
             )),
         },
         Target::Arch(arch) => {
-            let arch_of = |s: &crate::cache::Status<crate::emulators::Entry>| {
+            let arch_of = |s: &crate::cache::Status<crate::agent::emulators::Entry>| {
                 s.data.as_ref().and_then(|d| d.caps.arch.clone())
             };
             let matching: Vec<&str> = statuses

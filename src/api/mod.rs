@@ -13,10 +13,10 @@
 //!   newest first; `GET /v1/changes?since=RFC3339` — every emulator's
 //! - `GET /v1/check?emulator=|arch=&machine=&cpu=&device=…&accel=&cpus=` —
 //!   can this host run such a VM? a verdict with problems and warnings
-//!   ([`check`], [`crate::check`])
+//!   ([`check`], [`crate::verdicts::check`])
 //! - `GET /v1/host` — the host facts the fingerprint uses, and the machine
 //! - `GET /v1/openapi.json` — the OpenAPI 3.1 description of all of this
-//!   ([`crate::openapi`])
+//!   ([`crate::api::openapi`])
 //! - `GET /healthz`, `GET /readyz` — liveness, readiness
 //! - `GET /metrics` — Prometheus text format
 //!
@@ -25,22 +25,25 @@
 //! With `?wait=DURATION` and an `If-None-Match` naming the current answer,
 //! the request is held until the answer changes (200) or the wait ends
 //! (304): long-poll, capped by `http.max_wait`, jittered, woken only by a
-//! change (see [`crate::watch`]), answered at once when the agent stops.
+//! change (see [`crate::agent::watch`]), answered at once when the agent stops.
 //! Errors are `{"error": "...", "status": N}`. A name in a request is only
 //! ever a key into the configured emulator table: nothing a request says is
 //! opened as a path or executed. [`serve`] holds the connection loop and
 //! its limits.
 
+pub mod bodies;
 pub mod check;
+pub mod client;
+pub mod openapi;
 pub mod query;
 pub mod serve;
 
 use crate::agent::Agent;
+use crate::agent::emulators::Entry;
+use crate::agent::render::{Part, Rendered};
+use crate::api::bodies::{ErrorBody, Health, Revalidating};
 use crate::cache::{Answer, Lookup, LookupError};
 use crate::config::HttpLimits;
-use crate::emulators::Entry;
-use crate::model::{ErrorBody, Health, Revalidating};
-use crate::render::{Part, Rendered};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::RawQuery;
@@ -88,7 +91,7 @@ pub struct CtxInner {
     /// Cancelled when the agent stops: held requests answer at once.
     pub shutdown: CancellationToken,
     /// Request counters and timings, resolved once per route and code.
-    http: crate::metrics::HttpSeries,
+    http: crate::agent::metrics::HttpSeries,
 }
 
 impl Ctx {
@@ -110,7 +113,7 @@ impl Ctx {
 /// Every route template the routers serve (the OpenAPI description lists
 /// exactly those; a test holds the two together).
 fn route_templates() -> Vec<&'static str> {
-    crate::openapi::operations()
+    crate::api::openapi::operations()
         .into_iter()
         .map(|(_, path)| path)
         .collect()
@@ -162,7 +165,7 @@ fn finish(routes: Router<Ctx>, ctx: Ctx) -> Router {
 }
 
 /// Counts and times every request by route template and status code (the
-/// series resolved once, [`crate::metrics::HttpSeries`]), after reading its
+/// series resolved once, [`crate::agent::metrics::HttpSeries`]), after reading its
 /// body, if it has one, within the limits ([`limit_body`]).
 async fn observe(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     let start = Instant::now();
@@ -429,7 +432,7 @@ fn with_jitter(wait: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let mut h = crate::digest::Fnv64::default();
+    let mut h = crate::support::digest::Fnv64::default();
     h.update(&nanos.to_le_bytes())
         .update(&SEQ.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     let spread = (wait / 10).min(Duration::from_secs(5));
@@ -659,8 +662,8 @@ async fn all_changes(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response 
 /// The OpenAPI description, generated once.
 async fn openapi() -> Response {
     static BODY: std::sync::OnceLock<Result<Part, String>> = std::sync::OnceLock::new();
-    let part =
-        BODY.get_or_init(|| Part::json(&crate::openapi::document()).map_err(|e| e.to_string()));
+    let part = BODY
+        .get_or_init(|| Part::json(&crate::api::openapi::document()).map_err(|e| e.to_string()));
     match part {
         Ok(p) => part_response(p, &HeaderMap::new(), "hit"),
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),

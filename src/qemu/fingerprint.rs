@@ -11,7 +11,7 @@
 
 use super::caps::SCHEMA_VERSION;
 use super::exec::Accel;
-use crate::digest::Fnv64;
+use crate::support::digest::Fnv64;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -476,7 +476,7 @@ fn build(
             .unwrap_or_default(),
         other_accels: BTreeMap::new(),
         probe: ProbeInfo {
-            started_at: crate::timefmt::rfc3339(started_at),
+            started_at: crate::support::timefmt::rfc3339(started_at),
             duration_seconds: duration.as_secs_f64(),
             execs,
         },

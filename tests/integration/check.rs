@@ -5,8 +5,8 @@
 //! the default accelerators (a TCG pass where KVM works).
 
 use crate::common::{self, CpuKey, Http, InProcess, count, libvirt_cpus};
-use qcapsd::check::{CheckRequest, check};
 use qcapsd::qemu::Capabilities;
+use qcapsd::verdicts::check::{CheckRequest, check};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -245,7 +245,7 @@ fn verdicts_match_qemu_starting_the_vm() {
         ),
     );
     let doc = agent.get("/v1/emulators/x86_64").json();
-    let caps = qcapsd::compare::parse(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    let caps = qcapsd::verdicts::compare::parse(&serde_json::to_vec(&doc).unwrap()).unwrap();
     // Where KVM works, the agent probed both; where it does not, QEMU
     // refuses every kvm VM and the check must say no to each.
     let kvm = common::kvm_usable();

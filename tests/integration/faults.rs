@@ -310,11 +310,11 @@ fn a_fifo_a_socket_or_a_device_node_at_a_cache_path_neither_hangs_start_nor_stop
 
 /// The x86_64 handler of an agent with the emulator at `path`, for
 /// decoding cache files directly.
-fn handler(path: &Path) -> qcapsd::emulators::Emulators {
-    use qcapsd::emulators::{Emulators, ProbeSettings};
+fn handler(path: &Path) -> qcapsd::agent::emulators::Emulators {
+    use qcapsd::agent::emulators::{Emulators, ProbeSettings};
     Emulators::new(
         qcapsd::qemu::fingerprint::Host::new("/"),
-        &[qcapsd::discovery::EmulatorSpec {
+        &[qcapsd::agent::discovery::EmulatorSpec {
             name: "x86_64".into(),
             path: path.to_owned(),
         }],
@@ -324,7 +324,7 @@ fn handler(path: &Path) -> qcapsd::emulators::Emulators {
             Vec::new(),
             Vec::new(),
         ),
-        std::sync::Arc::new(qcapsd::metrics::Metrics::register().unwrap()),
+        std::sync::Arc::new(qcapsd::agent::metrics::Metrics::register().unwrap()),
         "test".into(),
     )
 }

@@ -13,7 +13,7 @@ fn the_openapi_description_passes_openapi_spec_validator_and_is_what_is_served()
     let served = agent.get("/v1/openapi.json");
     assert_eq!(served.status, 200);
     assert!(served.header("etag").is_some());
-    assert_eq!(served.json(), qcapsd::openapi::document());
+    assert_eq!(served.json(), qcapsd::api::openapi::document());
     let file = d.path().join("openapi.json");
     std::fs::write(&file, &served.body).unwrap();
     let Some(validator) = common::require_tool("openapi-spec-validator") else {
@@ -104,7 +104,7 @@ fn probe_output_of_every_transcript_matches_the_document_schema() {
     let schema_out = common::qcapsd(&["probe", "--schema"]);
     assert!(schema_out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&schema_out.stdout).unwrap();
-    assert_eq!(schema, qcapsd::openapi::document_schema());
+    assert_eq!(schema, qcapsd::api::openapi::document_schema());
     let validator = jsonschema::draft202012::new(&schema).unwrap();
     let d = tempfile::tempdir().unwrap();
     let transcripts = common::all_transcripts();

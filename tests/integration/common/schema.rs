@@ -10,7 +10,7 @@ use std::sync::{Mutex, OnceLock};
 
 fn openapi() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(qcapsd::openapi::document)
+    DOC.get_or_init(qcapsd::api::openapi::document)
 }
 
 /// The path template of the description that `path` (no query) matches.

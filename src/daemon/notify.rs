@@ -15,7 +15,7 @@
 //!
 //! Without `$NOTIFY_SOCKET` nothing is sent and nothing runs.
 
-use crate::client::{self, Target};
+use crate::api::client::{self, Target};
 use sd_notify::NotifyState;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

@@ -496,7 +496,7 @@ impl Metrics {
     }
 
     /// A change found by a re-probe: each item counts once under its kind.
-    pub fn record_change(&self, e: &str, items: &[crate::changes::Item], at_unix: f64) {
+    pub fn record_change(&self, e: &str, items: &[crate::verdicts::changes::Item], at_unix: f64) {
         for item in items {
             let kind = item.kind.as_str();
             self.capability_changes.with_label_values(&[e, kind]).inc();

@@ -6,13 +6,15 @@
 //! [`serve`] is the whole agent under a caller's shutdown token and reload
 //! channel, so tests drive it in-process (as mini-redis does).
 
+pub mod notify;
+
+use crate::agent::revalidate;
 use crate::agent::{self, Agent, AgentError};
+use crate::api::client::Target;
 use crate::api::{self, Ctx, Listener};
-use crate::client::Target;
 use crate::config::{Config, ConfigError};
-use crate::notify::{self, Notifier};
 use crate::qemu::exec;
-use crate::revalidate;
+use notify::Notifier;
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! the error at the offending value: errors read `key.path: what is wrong at
 //! line N column M`. Emulator names are checked here too, including those
 //! derived from a `path:` and duplicates. Resolving globs and discovery
-//! against the file system is [`crate::discovery`]'s job; every default
+//! against the file system is [`crate::agent::discovery`]'s job; every default
 //! value is in [`defaults`].
 
 use crate::cache::store::is_plain_key;

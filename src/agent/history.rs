@@ -5,7 +5,7 @@
 //! file is discarded with a warning, as cache files are; it is never fatal.
 
 use crate::cache::store::Store;
-use crate::changes::Change;
+use crate::verdicts::changes::Change;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -179,7 +179,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::changes::Side;
+    use crate::verdicts::changes::Side;
 
     fn change(emulator: &str, at: &str, breaking: bool) -> Change {
         let side = Side {

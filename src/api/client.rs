@@ -1,10 +1,10 @@
 //! `qcapsd query`: asks a running agent over HTTP (TCP or its unix socket)
 //! and prints aligned tables for people or the raw JSON for scripts.
 
-use crate::changes::Change;
-use crate::model::{EmulatorRow, ErrorBody};
+use crate::agent::render::DeviceDoc;
+use crate::api::bodies::{EmulatorRow, ErrorBody};
 use crate::qemu::caps::{CpuModel, Emulator, Machine, ProbeInfo, QemuVersion};
-use crate::render::DeviceDoc;
+use crate::verdicts::changes::Change;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -132,7 +132,7 @@ fn percent_encode(s: &str) -> String {
 pub fn check_path(
     emulator: Option<&str>,
     arch: Option<&str>,
-    req: &crate::check::CheckRequest,
+    req: &crate::verdicts::check::CheckRequest,
 ) -> String {
     let mut pairs: Vec<(&str, String)> = Vec::new();
     let mut add = |k, v: Option<&str>| {
@@ -160,7 +160,7 @@ pub fn check_path(
 
 /// A verdict as text: the answer, what it is about, then each problem and
 /// warning on its own line.
-pub fn render_verdict(v: &crate::check::Verdict) -> String {
+pub fn render_verdict(v: &crate::verdicts::check::Verdict) -> String {
     let mut out = String::new();
     let about: Vec<String> = [
         v.machine

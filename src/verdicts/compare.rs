@@ -11,15 +11,15 @@
 //! - per input: what only it has, and each CPU model usable elsewhere but
 //!   not here, with the features that block it (or that this QEMU does not
 //!   know the model).
-//! - with a VM (`--machine/--cpu/--device`): [`crate::check`]'s verdict on
+//! - with a VM (`--machine/--cpu/--device`): [`crate::verdicts::check`]'s verdict on
 //!   every input.
 //!
 //! Inputs must be of one architecture. Everything here is pure except
 //! [`load`], which reads a file, stdin or an agent URL.
 
-use crate::check::{self, CheckRequest, Verdict};
-use crate::client::{self, Target};
+use crate::api::client::{self, Target};
 use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
+use crate::verdicts::check::{self, CheckRequest, Verdict};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;

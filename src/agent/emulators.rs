@@ -3,23 +3,23 @@
 //! and the cache file format.
 //!
 //! An [`Entry`] is immutable: a probe or a load makes a new one, with its
-//! responses already rendered ([`crate::render`]). A cache file carries a
+//! responses already rendered ([`crate::agent::render`]). A cache file carries a
 //! checksum of its content bound to the emulator's name and path, so a file
 //! changed after it was written (a bit flip, an edit), or written for
 //! another emulator, is discarded and re-probed, never served.
 
+use crate::agent::discovery::EmulatorSpec;
+use crate::agent::history::History;
+use crate::agent::metrics::Metrics;
+use crate::agent::render::Rendered;
+use crate::agent::watch::Versions;
 use crate::cache::{self, Absent, Handler};
-use crate::changes::{self, Change, Side};
-use crate::digest::Fnv64;
-use crate::discovery::EmulatorSpec;
-use crate::history::History;
-use crate::metrics::Metrics;
 use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
 use crate::qemu::exec::{Accel, ExecCounter, ExecError};
 use crate::qemu::fingerprint::{Fingerprint, Host, HostContext};
 use crate::qemu::probe::{ProbeError, ProbeRequest, probe};
-use crate::render::Rendered;
-use crate::watch::Versions;
+use crate::support::digest::Fnv64;
+use crate::verdicts::changes::{self, Change, Side};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -474,7 +474,7 @@ impl cache::Observer<Entry> for Reporter {
         let now = SystemTime::now();
         let change = Change {
             emulator: key.to_owned(),
-            at: crate::timefmt::rfc3339(now),
+            at: crate::support::timefmt::rfc3339(now),
             reason: reason.to_owned(),
             breaking: items.iter().any(|i| i.breaking),
             summary: changes::summarize(key, reason, &items),

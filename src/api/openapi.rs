@@ -8,11 +8,11 @@
 //! here, and a test holds this list to the router's. Integration tests
 //! validate every JSON body they receive against these schemas.
 
-use crate::changes::Change;
-use crate::check::Verdict;
-use crate::model::{EmulatorRow, ErrorBody, Health, HostDoc, Revalidating};
+use crate::agent::render::{CacheMeta, DeviceDoc};
+use crate::api::bodies::{EmulatorRow, ErrorBody, Health, HostDoc, Revalidating};
 use crate::qemu::caps::{Capabilities, CpuModel, Machine};
-use crate::render::{CacheMeta, DeviceDoc};
+use crate::verdicts::changes::Change;
+use crate::verdicts::check::Verdict;
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -504,7 +504,7 @@ mod tests {
     /// The description covers exactly the routes the router has.
     #[test]
     fn every_route_of_the_router_is_described() {
-        let source = include_str!("api/mod.rs");
+        let source = include_str!("mod.rs");
         let router = &source[source.find("pub fn router(").unwrap()..];
         let router = &router[..router.find("finish(routes, ctx)").unwrap()];
         let mut routed: Vec<(String, String)> = Vec::new();

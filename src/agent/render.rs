@@ -4,9 +4,9 @@
 //! responses are rendered when it is made (a probe or a load), never per
 //! request: the full document is 150–250 KB.
 
-use crate::digest::fnv64;
 use crate::qemu::caps::{Capabilities, DeviceProperty};
 use crate::qemu::fingerprint::Fingerprint;
+use crate::support::digest::fnv64;
 use axum::body::Bytes;
 use axum::http::HeaderValue;
 use serde::Serialize;

@@ -2,15 +2,23 @@
 //! the metrics, built from a [`Config`] and rebuilt in place on reload.
 //! The HTTP servers and the revalidator share one `Arc<Agent>`.
 
+pub mod discovery;
+pub mod emulators;
+pub mod history;
+pub mod metrics;
+pub mod render;
+pub mod revalidate;
+pub mod watch;
+
+use crate::agent::emulators::{Emulators, ProbeSettings, Reporter};
+use crate::agent::history::History;
+use crate::agent::metrics::Metrics;
+use crate::agent::watch::Versions;
+use crate::api::bodies::{EmulatorRow, HostDoc, KvmDoc, SystemFacts};
 use crate::cache::{Backoff, Cache, State, store::Store};
 use crate::config::Config;
-use crate::discovery::{self, DiscoveryError, EmulatorSpec};
-use crate::emulators::{Emulators, ProbeSettings, Reporter};
-use crate::history::History;
-use crate::metrics::Metrics;
-use crate::model::{EmulatorRow, HostDoc, KvmDoc, SystemFacts};
 use crate::qemu::fingerprint::Host;
-use crate::watch::Versions;
+use discovery::{DiscoveryError, EmulatorSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};

@@ -135,8 +135,8 @@ pub struct VmArgs {
 
 impl VmArgs {
     /// The check request, accelerator included.
-    pub fn request(self) -> crate::check::CheckRequest {
-        crate::check::CheckRequest {
+    pub fn request(self) -> crate::verdicts::check::CheckRequest {
+        crate::verdicts::check::CheckRequest {
             machine: self.machine,
             cpu: self.cpu,
             devices: self.devices,
