@@ -34,12 +34,12 @@
 
 #![deny(unsafe_code)]
 
+pub mod support;
+pub mod qemu;
+pub mod cache;
+pub mod config;
+pub mod verdicts;
 pub mod agent;
 pub mod api;
-pub mod cache;
-pub mod cli;
-pub mod config;
 pub mod daemon;
-pub mod qemu;
-pub mod support;
-pub mod verdicts;
+pub mod cli;

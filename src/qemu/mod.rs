@@ -13,3 +13,4 @@ pub mod qmp;
 pub use caps::Capabilities;
 pub use exec::{Accel, ExecCounter, ExecError};
 pub use probe::{ProbeError, ProbeReport, ProbeRequest, probe};
+pub use qmp::CommandTime;

@@ -17,7 +17,7 @@ use super::caps::{
 };
 use super::exec::{Accel, ExecCounter, ExecError, ExecReport, ExecSpec, with_qemu};
 use super::parse::{self, ParseError};
-use super::qmp::QmpError;
+use super::qmp::{CommandTime, QmpError};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -150,14 +150,6 @@ pub const COMMANDS_USED: &[(&str, &str)] = &[
         "devices (only where device_add help is not answered)",
     ),
 ];
-
-/// How long one command of a probe took (from the previous reply, or the
-/// request, to its reply: QEMU runs them one after another).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CommandTime {
-    pub command: String,
-    pub took: Duration,
-}
 
 /// How a probe went.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@
 //! skipped. Timeouts are the caller's: the probe wraps the whole session in
 //! one deadline.
 
-use super::probe::CommandTime;
 use serde_json::{Value, json};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// Default cap on one QMP message. The largest real reply, x86_64's
@@ -59,6 +59,14 @@ fn offers_oob(qmp: &Value) -> bool {
     qmp.get("capabilities")
         .and_then(Value::as_array)
         .is_some_and(|c| c.iter().any(|c| c == "oob"))
+}
+
+/// How long one command took (from the previous reply, or the
+/// request, to its reply: QEMU runs them one after another).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandTime {
+    pub command: String,
+    pub took: Duration,
 }
 
 /// One QMP session over a reader and a writer.

@@ -14,6 +14,7 @@ mod compare;
 mod deploy;
 mod faults;
 mod golden;
+mod layers;
 mod notify;
 mod observability;
 mod probe_faults;
