@@ -46,7 +46,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let req = ProbeRequest {
         accel: Accel::Auto,
-        ..ProbeRequest::new("x86_64")
+        ..qcapsd::config::defaults::probe_request("x86_64")
     };
     let counter = ExecCounter::default();
     let cancel = CancellationToken::new();

@@ -5,12 +5,12 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use qcapsd::agent::discovery;
 use qcapsd::api::client::{self, QueryError, Target, What};
 use qcapsd::cli::{Cli, Command, LogFormat};
 use qcapsd::config::Config;
+use qcapsd::config::discovery;
 use qcapsd::daemon;
-use qcapsd::qemu::{self, Accel, ExecCounter, ProbeRequest};
+use qcapsd::qemu::{self, Accel, ExecCounter};
 use qcapsd::verdicts::check::{CheckRequest, Verdict};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -152,7 +152,7 @@ async fn probe(path: PathBuf, accel: Accel, timeout: u64) -> ExitCode {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string());
-    let mut req = ProbeRequest::new(name);
+    let mut req = qcapsd::config::defaults::probe_request(name);
     if accel == Accel::Auto {
         // As the agent does with its default `accels`.
         let kvm_usable = qemu::fingerprint::Host::new("/").kvm_usable();

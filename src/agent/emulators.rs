@@ -8,12 +8,12 @@
 //! changed after it was written (a bit flip, an edit), or written for
 //! another emulator, is discarded and re-probed, never served.
 
-use crate::agent::discovery::EmulatorSpec;
 use crate::agent::history::History;
 use crate::agent::metrics::Metrics;
 use crate::agent::render::Rendered;
 use crate::agent::watch::Versions;
 use crate::cache::{self, Absent, Handler};
+use crate::config::discovery::EmulatorSpec;
 use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
 use crate::qemu::exec::{Accel, ExecCounter, ExecError};
 use crate::qemu::fingerprint::{Fingerprint, Host, HostContext};
@@ -323,10 +323,12 @@ impl Handler for Emulators {
         // A host whose /dev/kvm the agent cannot use gets a TCG probe, and
         // TCG's answers (CPU usability under TCG).
         let req = ProbeRequest {
-            timeout: settings.timeout,
-            devices: settings.devices.clone(),
             tag: Some(self.probe_tag.clone()),
-            ..ProbeRequest::new(spec.name.clone())
+            ..ProbeRequest::new(
+                spec.name.clone(),
+                settings.timeout,
+                settings.devices.clone(),
+            )
         }
         .accels(&settings.accels, stamp.kvm_usable);
         self.metrics.probe_started(key);

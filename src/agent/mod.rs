@@ -2,7 +2,6 @@
 //! the metrics, built from a [`Config`] and rebuilt in place on reload.
 //! The HTTP servers and the revalidator share one `Arc<Agent>`.
 
-pub mod discovery;
 pub mod emulators;
 pub mod history;
 pub mod metrics;
@@ -16,9 +15,9 @@ use crate::agent::metrics::Metrics;
 use crate::agent::watch::Versions;
 use crate::api::bodies::{EmulatorRow, HostDoc, KvmDoc, SystemFacts};
 use crate::cache::{Backoff, Cache, State, store::Store};
-use crate::config::Config;
+use crate::config::discovery::{self, DiscoveryError, EmulatorSpec};
+use crate::config::{Config, defaults};
 use crate::qemu::fingerprint::Host;
-use discovery::{DiscoveryError, EmulatorSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -99,7 +98,10 @@ impl Agent {
             handler,
             store,
             cfg.probe_concurrency(),
-            Backoff::default(),
+            Backoff {
+                initial: defaults::BACKOFF_INITIAL,
+                max: defaults::BACKOFF_MAX,
+            },
             Arc::new(Reporter {
                 metrics: Arc::clone(&metrics),
                 history: Arc::clone(&history),

@@ -142,15 +142,6 @@ pub struct Backoff {
     pub max: Duration,
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_secs(5),
-            max: Duration::from_secs(600),
-        }
-    }
-}
-
 impl Backoff {
     pub fn delay(&self, attempts: u32) -> Duration {
         let factor = 1u32 << attempts.saturating_sub(1).min(16);

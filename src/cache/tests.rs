@@ -4,6 +4,12 @@
 use super::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 
+/// Retries of the tests' cache: 5 s doubling to 10 min.
+const BACKOFF: Backoff = Backoff {
+    initial: Duration::from_secs(5),
+    max: Duration::from_secs(600),
+};
+
 #[derive(Default)]
 struct Fake {
     /// key → version of the source; `None` = missing.
@@ -135,7 +141,7 @@ fn observed_cache_in(
         Arc::clone(&fake),
         Store::new(dir),
         2,
-        Backoff::default(),
+        BACKOFF,
         Arc::clone(&counts) as Arc<dyn Observer<(u64, String)>>,
     );
     c.set_keys(&keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>());
@@ -258,13 +264,13 @@ async fn failures_back_off_and_keep_the_last_good_data() {
     let s = c.status("a").unwrap();
     assert_eq!((s.state, s.failures), (State::Failed, 1));
     // After the backoff one retry, which fails again and doubles the wait.
-    tokio::time::advance(Backoff::default().delay(1)).await;
+    tokio::time::advance(BACKOFF.delay(1)).await;
     c.revalidate_all().await;
     assert_eq!(fake.count(), 3);
-    tokio::time::advance(Backoff::default().delay(1)).await;
+    tokio::time::advance(BACKOFF.delay(1)).await;
     c.revalidate_all().await;
     assert_eq!(fake.count(), 3, "second delay is twice the first");
-    tokio::time::advance(Backoff::default().delay(1)).await;
+    tokio::time::advance(BACKOFF.delay(1)).await;
     fake.fail.store(false, Ordering::SeqCst);
     c.revalidate_all().await;
     assert_eq!(fake.count(), 4);

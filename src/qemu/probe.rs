@@ -24,39 +24,6 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
-/// The devices whose properties are read by default: those libvirt inspects,
-/// with their -ccw and -device variants for s390x and virtio-mmio targets.
-pub const DEFAULT_DEVICES: &[&str] = &[
-    "virtio-blk-pci",
-    "virtio-net-pci",
-    "virtio-scsi-pci",
-    "vfio-pci",
-    "scsi-hd",
-    "ide-hd",
-    "usb-storage",
-    "usb-host",
-    "VGA",
-    "qxl",
-    "virtio-gpu-pci",
-    "virtio-balloon-pci",
-    "intel-iommu",
-    "nvdimm",
-    "pcie-root-port",
-    "virtio-mem-pci",
-    "virtio-iommu-pci",
-    "virtio-blk-ccw",
-    "virtio-net-ccw",
-    "virtio-scsi-ccw",
-    "virtio-balloon-ccw",
-    "virtio-gpu-ccw",
-    "vfio-ccw",
-    "virtio-blk-device",
-    "virtio-net-device",
-    "virtio-scsi-device",
-    "virtio-balloon-device",
-    "virtio-gpu-device",
-];
-
 /// What to probe and how.
 #[derive(Debug, Clone)]
 pub struct ProbeRequest {
@@ -78,14 +45,18 @@ pub struct ProbeRequest {
 }
 
 impl ProbeRequest {
-    pub fn new(name: impl Into<String>) -> Self {
+    /// A main pass under KVM falling back to TCG (`accel=kvm:tcg`), no
+    /// further pass; the caller picks the limits (the agent's come from
+    /// its config, `qcapsd probe`'s from its flags and
+    /// `config::defaults`).
+    pub fn new(name: impl Into<String>, timeout: Duration, devices: Vec<String>) -> Self {
         ProbeRequest {
             name: name.into(),
             accel: Accel::Auto,
             also: Vec::new(),
             kvm_usable: true,
-            timeout: Duration::from_secs(30),
-            devices: DEFAULT_DEVICES.iter().map(|s| (*s).to_owned()).collect(),
+            timeout,
+            devices,
             tag: None,
         }
     }

@@ -314,7 +314,7 @@ fn handler(path: &Path) -> qcapsd::agent::emulators::Emulators {
     use qcapsd::agent::emulators::{Emulators, ProbeSettings};
     Emulators::new(
         qcapsd::qemu::fingerprint::Host::new("/"),
-        &[qcapsd::agent::discovery::EmulatorSpec {
+        &[qcapsd::config::discovery::EmulatorSpec {
             name: "x86_64".into(),
             path: path.to_owned(),
         }],

@@ -3,7 +3,7 @@
 //! to leave.)
 
 use crate::common::{self, process_alive, read_pids, script};
-use qcapsd::qemu::{ExecCounter, ProbeError, ProbeRequest, probe};
+use qcapsd::qemu::{ExecCounter, ProbeError, probe};
 use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 9}, "package": ""}, "capabilities": []}}"#;
 
 async fn probe_with_timeout(bin: &Path, timeout: Duration) -> Result<(), ProbeError> {
-    let mut req = ProbeRequest::new("faulty");
+    let mut req = qcapsd::config::defaults::probe_request("faulty");
     req.timeout = timeout;
     probe(
         bin,
@@ -233,7 +233,7 @@ async fn cancelling_a_probe_kills_the_emulator() {
     let dir = tempfile::tempdir().unwrap();
     let (bin, pids) = common::pid_stand_in(dir.path(), "exec sleep 600");
     let cancel = CancellationToken::new();
-    let req = ProbeRequest::new("hung");
+    let req = qcapsd::config::defaults::probe_request("hung");
     let counter = ExecCounter::default();
     let probing = probe(&bin, &req, &counter, &cancel);
     let trigger = async {
@@ -251,7 +251,7 @@ async fn cancelling_a_probe_kills_the_emulator() {
 async fn dropping_a_probe_future_kills_the_emulator() {
     let dir = tempfile::tempdir().unwrap();
     let (bin, pids) = common::pid_stand_in(dir.path(), "exec sleep 600");
-    let req = ProbeRequest::new("hung");
+    let req = qcapsd::config::defaults::probe_request("hung");
     let counter = ExecCounter::default();
     let cancel = CancellationToken::new();
     tokio::select! {

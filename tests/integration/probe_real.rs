@@ -3,12 +3,13 @@
 //! missing binary into a failure instead of a skip).
 
 use crate::common;
-use qcapsd::qemu::{Accel, Capabilities, ExecCounter, ProbeRequest, probe};
+use qcapsd::qemu::{Accel, Capabilities, ExecCounter, probe};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 async fn probe_real(bin: &Path, accel: Accel) -> Capabilities {
-    let mut req = ProbeRequest::new(bin.file_name().unwrap().to_string_lossy());
+    let mut req =
+        qcapsd::config::defaults::probe_request(bin.file_name().unwrap().to_string_lossy());
     req.accel = accel;
     let counter = ExecCounter::default();
     let (caps, _) = probe(bin, &req, &counter, &CancellationToken::new())
@@ -218,7 +219,8 @@ async fn default_accels_add_a_tcg_pass_where_kvm_works() {
         return;
     };
     let kvm = common::kvm_usable();
-    let req = ProbeRequest::new("qemu-system-x86_64").accels(&[Accel::Kvm, Accel::Tcg], kvm);
+    let req = qcapsd::config::defaults::probe_request("qemu-system-x86_64")
+        .accels(&[Accel::Kvm, Accel::Tcg], kvm);
     let counter = ExecCounter::default();
     let (caps, report) = probe(&bin, &req, &counter, &CancellationToken::new())
         .await

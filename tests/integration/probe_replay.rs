@@ -5,7 +5,7 @@
 use crate::common::{self, Attrs, LibvirtCaps};
 use qcapsd::qemu::caps::DevicesSource;
 use qcapsd::qemu::probe::COMMANDS_USED;
-use qcapsd::qemu::{Accel, Capabilities, ExecCounter, ProbeRequest, probe};
+use qcapsd::qemu::{Accel, Capabilities, ExecCounter, probe};
 use std::collections::BTreeSet;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 async fn probe_transcript(transcript: &Path, accel: Accel) -> Capabilities {
     let dir = tempfile::tempdir().unwrap();
     let bin = common::replay_emulator(dir.path(), "qemu-system-replay", transcript);
-    let mut req = ProbeRequest::new("replay");
+    let mut req = qcapsd::config::defaults::probe_request("replay");
     req.accel = accel;
     let counter = ExecCounter::default();
     let (caps, _) = probe(&bin, &req, &counter, &CancellationToken::new())
@@ -184,7 +184,7 @@ async fn the_probe_asks_only_for_what_the_document_uses() {
             }
         }
         let asked = log.matches("device-list-properties ").count();
-        let expected = ProbeRequest::new("rec")
+        let expected = qcapsd::config::defaults::probe_request("rec")
             .devices
             .iter()
             .filter(|d| caps.devices.contains(d))
@@ -278,7 +278,7 @@ async fn kvm_only_probe_of_a_tcg_only_emulator_fails_with_qemus_words() {
     let dir = tempfile::tempdir().unwrap();
     let t = common::replies_dir().join("caps_9.1.0_riscv64.replies");
     let bin = common::replay_emulator(dir.path(), "qemu-system-riscv64", &t);
-    let mut req = ProbeRequest::new("riscv64");
+    let mut req = qcapsd::config::defaults::probe_request("riscv64");
     req.accel = Accel::Kvm;
     let e = probe(
         &bin,

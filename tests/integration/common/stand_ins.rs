@@ -122,7 +122,7 @@ pub async fn probe_kvm_and_tcg(
     name: &str,
 ) -> Result<qcapsd::qemu::Capabilities, qcapsd::qemu::ProbeError> {
     use qcapsd::qemu::{Accel, ExecCounter, ProbeRequest, probe};
-    let req = ProbeRequest::new(name).accels(&[Accel::Kvm, Accel::Tcg], true);
+    let req = qcapsd::config::defaults::probe_request(name).accels(&[Accel::Kvm, Accel::Tcg], true);
     probe(
         bin,
         &req,

@@ -1,0 +1,96 @@
+//! Every default value of qcapsd, in one place: the config's keys, and the
+//! constants other layers would otherwise pick for themselves (the probe's
+//! devices and timeout, the cache's backoff, QEMU's module directories).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the query API listens by default: loopback only.
+pub const LISTEN: &str = "127.0.0.1:9733";
+/// Cache directory when running as root.
+pub const ROOT_CACHE_DIR: &str = "/var/cache/qcapsd";
+pub const REVALIDATE_INTERVAL: Duration = Duration::from_secs(60);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound of the derived default of `probe_concurrency`: each probe
+/// is one QEMU process taking about a core and 50–100 MB for ~0.1 s;
+/// past 8 a cold start is memory-bound, not faster.
+pub const PROBE_CONCURRENCY_CAP: usize = 8;
+/// Minimum time between two forced probes of one emulator.
+pub const FORCED_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// Changes kept per emulator.
+pub const CHANGE_HISTORY: u64 = 50;
+/// Accelerators whose CPU usability is probed, in order of preference:
+/// both, as libvirt does, so that a check for either is answered from
+/// QEMU's own word (one more exec per emulator where KVM works).
+pub const ACCELS: &[crate::qemu::Accel] = &[crate::qemu::Accel::Kvm, crate::qemu::Accel::Tcg];
+/// The longest a long-poll (`?wait=`) is held.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+pub const HOST_ROOT: &str = "/";
+pub const MAX_CONNECTIONS: u64 = 512;
+pub const MAX_HEADER_BYTES: u64 = 16 << 10;
+pub const MAX_BODY_BYTES: u64 = 4 << 10;
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Directories searched, besides PATH, by the default discovery.
+pub const DISCOVERY_EXTRA_DIRS: &[&str] = &["/usr/libexec"];
+/// File-name patterns of the default discovery.
+pub const DISCOVERY_PATTERNS: &[&str] = &["qemu-system-*", "qemu-kvm", "kvm"];
+
+/// The devices whose properties are read by default: those libvirt inspects,
+/// with their -ccw and -device variants for s390x and virtio-mmio targets.
+pub const DEVICE_PROPERTIES: &[&str] = &[
+    "virtio-blk-pci",
+    "virtio-net-pci",
+    "virtio-scsi-pci",
+    "vfio-pci",
+    "scsi-hd",
+    "ide-hd",
+    "usb-storage",
+    "usb-host",
+    "VGA",
+    "qxl",
+    "virtio-gpu-pci",
+    "virtio-balloon-pci",
+    "intel-iommu",
+    "nvdimm",
+    "pcie-root-port",
+    "virtio-mem-pci",
+    "virtio-iommu-pci",
+    "virtio-blk-ccw",
+    "virtio-net-ccw",
+    "virtio-scsi-ccw",
+    "virtio-balloon-ccw",
+    "virtio-gpu-ccw",
+    "vfio-ccw",
+    "virtio-blk-device",
+    "virtio-net-device",
+    "virtio-scsi-device",
+    "virtio-balloon-device",
+    "virtio-gpu-device",
+];
+
+/// Retry delays of a failed probe: the first, doubling up to the last.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(5);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// Where QEMU keeps its loadable modules on the usual distributions,
+/// below `root` (config `module_dirs` overrides them).
+pub fn module_dirs(root: &Path) -> Vec<PathBuf> {
+    let multiarch = format!("usr/lib/{}-linux-gnu/qemu", std::env::consts::ARCH);
+    [multiarch.as_str(), "usr/lib64/qemu", "usr/lib/qemu"]
+        .iter()
+        .map(|rel| root.join(rel))
+        .collect()
+}
+
+/// A probe request with the default timeout and devices (`qcapsd probe`,
+/// tests and benches; the agent takes its own from the config).
+pub fn probe_request(name: impl Into<String>) -> crate::qemu::ProbeRequest {
+    crate::qemu::ProbeRequest::new(
+        name,
+        PROBE_TIMEOUT,
+        DEVICE_PROPERTIES.iter().map(|s| (*s).to_owned()).collect(),
+    )
+}
