@@ -66,8 +66,8 @@ fn settings(cfg: &Config) -> ProbeSettings {
 /// The tag in every probe's environment: names this agent's cache, so a
 /// later instance with the same cache directory finds what an earlier one
 /// left running.
-pub fn probe_tag(cfg: &Config) -> String {
-    format!("cache_dir={}", cfg.cache_dir.display())
+pub fn probe_tag(cache_dir: &std::path::Path) -> String {
+    format!("cache_dir={}", cache_dir.display())
 }
 
 fn log_skipped(skipped: &[String]) {
@@ -88,7 +88,7 @@ impl Agent {
             &specs,
             settings(&cfg),
             Arc::clone(&metrics),
-            probe_tag(&cfg),
+            probe_tag(&cfg.cache_dir),
         ));
         let store = Store::new(&cfg.cache_dir.0);
         let (history, history_writes) =
@@ -120,6 +120,13 @@ impl Agent {
             config: RwLock::new(Arc::new(cfg)),
             system: SystemFacts::read(),
         }))
+    }
+
+    /// Kills what an earlier instance of this agent (same cache directory)
+    /// left running, found by the tag in its probes' environment.
+    /// Blocking (reads `/proc`); call before the first probe.
+    pub fn sweep_leftovers(&self) -> usize {
+        crate::qemu::exec::sweep_tagged(self.cache.handler().probe_tag())
     }
 
     pub fn config(&self) -> Arc<Config> {

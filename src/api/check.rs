@@ -6,6 +6,7 @@
 use super::query::{self, QueryError};
 use super::{Ctx, bad_query, json_error, json_value, lookup, printable};
 use crate::cache::State as KeyState;
+use crate::qemu::Accel;
 use crate::verdicts::check::{self, CheckRequest};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -68,16 +69,18 @@ pub fn parse(raw: Option<&str>) -> Result<CheckQuery, QueryError> {
             format!("more than {MAX_DEVICES} devices"),
         ));
     }
-    let accel = match query::value(pairs, "accel") {
-        None => None,
-        Some(a) if check::ACCELS.contains(&a) => Some(a.to_owned()),
-        Some(a) => {
-            return Err(QueryError::BadValue(
+    let accel = query::value(pairs, "accel")
+        .map(Accel::concrete)
+        .transpose()
+        .map_err(|_| {
+            QueryError::BadValue(
                 "accel",
-                format!("'{}' is not one of kvm, tcg", printable(a)),
-            ));
-        }
-    };
+                format!(
+                    "'{}' is not one of kvm, tcg",
+                    printable(query::value(pairs, "accel").unwrap_or(""))
+                ),
+            )
+        })?;
     let cpus = match query::value(pairs, "cpus") {
         None => None,
         Some(n) => match n.parse::<u64>() {
@@ -240,7 +243,7 @@ mod tests {
                 machine: Some("q35".into()),
                 cpu: Some("Haswell".into()),
                 devices: vec!["virtio-blk-pci".into(), "qxl".into()],
-                accel: Some("tcg".into()),
+                accel: Some(Accel::Tcg),
                 cpus: Some(4),
             }
         );

@@ -1,5 +1,9 @@
 //! The `qcapsd` command line, defined once: the binary parses it, and the
-//! man page is generated from it (`cargo run --example man`).
+//! man page is generated from it (`cargo run --example man`). What each
+//! command does is in [`commands`]; [`tables`] renders answers for people.
+
+pub mod commands;
+pub mod tables;
 
 use crate::qemu::Accel;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -126,8 +130,8 @@ pub struct VmArgs {
     pub devices: Vec<String>,
     /// kvm or tcg: CPU usability under it (default: the accelerator each
     /// document was probed under).
-    #[arg(long, value_parser = ["kvm", "tcg"])]
-    pub accel: Option<String>,
+    #[arg(long, value_parser = Accel::concrete)]
+    pub accel: Option<Accel>,
     /// Number of vCPUs, checked against the machine's limit.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub cpus: Option<u64>,

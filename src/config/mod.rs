@@ -219,6 +219,57 @@ impl Config {
         })
     }
 
+    /// What `qcapsd check-config` says of a valid config: the addresses,
+    /// the cache, the probe settings, and the emulators `resolved` from it.
+    pub fn describe(&self, file: &Path, resolved: &discovery::Resolved) -> String {
+        use std::fmt::Write as _;
+        let mut out = format!("{}: ok\n", file.display());
+        let mut line = |text: std::fmt::Arguments| {
+            let _ = writeln!(out, "{text}");
+        };
+        match self.listen {
+            Some(l) => line(format_args!("listen: {l}")),
+            None => line(format_args!(
+                "listen: none (query API on the unix socket only)"
+            )),
+        }
+        if let Some(m) = self.metrics_listen {
+            line(format_args!("metrics_listen: {m}"));
+        }
+        if let Some(s) = &self.unix_socket {
+            line(format_args!("unix_socket: {} (mode 0660)", s.display()));
+        }
+        line(format_args!("cache_dir: {}", self.cache_dir.display()));
+        line(format_args!(
+            "revalidate every {:?}, probe timeout {:?}, at most {} probe(s) at once",
+            *self.revalidate_interval,
+            *self.probe_timeout,
+            self.probe_concurrency()
+        ));
+        let accels: Vec<&str> = self.accels.0.iter().map(|a| a.as_str()).collect();
+        line(format_args!(
+            "accelerators probed: {} (the first that works is each document's accel)",
+            accels.join(", ")
+        ));
+        line(format_args!(
+            "device properties read for {} device type(s)",
+            self.device_properties.len()
+        ));
+        line(format_args!("{} emulator(s):", resolved.emulators.len()));
+        for e in &resolved.emulators {
+            let note = if e.path.exists() {
+                ""
+            } else {
+                "  (missing now)"
+            };
+            line(format_args!("  {}  {}{note}", e.name, e.path.display()));
+        }
+        for s in &resolved.skipped {
+            line(format_args!("skipped {s}"));
+        }
+        out
+    }
+
     /// The probe concurrency in force.
     pub fn probe_concurrency(&self) -> usize {
         self.probe_concurrency

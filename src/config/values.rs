@@ -164,16 +164,7 @@ impl<'de> Deserialize<'de> for Accels {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Accels, A::Error> {
                 let mut out = Vec::new();
                 while let Some(name) = seq.next_element::<String>()? {
-                    let a = match name.as_str() {
-                        "kvm" => Accel::Kvm,
-                        "tcg" => Accel::Tcg,
-                        other => {
-                            return Err(de::Error::custom(format!(
-                                "unknown accelerator '{}': use kvm or tcg",
-                                other.escape_debug()
-                            )));
-                        }
-                    };
+                    let a = Accel::concrete(&name).map_err(de::Error::custom)?;
                     if out.contains(&a) {
                         return Err(de::Error::custom(format!("'{name}' is listed twice")));
                     }

@@ -9,11 +9,10 @@
 pub mod notify;
 
 use crate::agent::revalidate;
-use crate::agent::{self, Agent, AgentError};
+use crate::agent::{Agent, AgentError};
 use crate::api::client::Target;
 use crate::api::{self, Ctx, Listener};
 use crate::config::{Config, ConfigError};
-use crate::qemu::exec;
 use notify::Notifier;
 use std::future::Future;
 use std::os::fd::OwnedFd;
@@ -154,8 +153,8 @@ pub async fn serve(
     }
     let _lock = lock_cache_dir(&cfg.cache_dir)?;
     let agent = Agent::new(cfg.clone())?;
-    let tag = agent::probe_tag(&cfg);
-    tokio::task::spawn_blocking(move || exec::sweep_tagged(&tag))
+    let sweeper = Arc::clone(&agent);
+    tokio::task::spawn_blocking(move || sweeper.sweep_leftovers())
         .await
         .ok();
     let ctx = Ctx::new(Arc::clone(&agent), shutdown.clone());
@@ -263,12 +262,8 @@ fn spawn_notifications(
     });
     if let Some(timeout) = notify::watchdog_interval() {
         // Through the first query listener: the path callers use.
-        let target = match (cfg.listen, &cfg.unix_socket) {
-            (Some(addr), _) => Target::Tcp {
-                authority: addr.to_string(),
-            },
-            (None, Some(path)) => Target::Unix(path.0.clone()),
-            (None, None) => return,
+        let Some(target) = Target::for_config(cfg) else {
+            return;
         };
         tracing::info!(?timeout, "watchdog enabled");
         tokio::spawn(notify::watchdog(

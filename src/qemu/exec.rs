@@ -99,6 +99,31 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
+
+    /// `kvm` or `tcg`: an accelerator a VM runs under (not `auto`).
+    pub fn concrete(name: &str) -> Result<Accel, UnknownAccel> {
+        match name.parse()? {
+            Accel::Auto => Err(UnknownAccel(name.to_owned())),
+            a => Ok(a),
+        }
+    }
+}
+
+/// A name that is not an accelerator qcapsd knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown accelerator '{}': use kvm or tcg", .0.escape_debug())]
+pub struct UnknownAccel(pub String);
+
+impl std::str::FromStr for Accel {
+    type Err = UnknownAccel;
+    fn from_str(s: &str) -> Result<Accel, UnknownAccel> {
+        match s {
+            "auto" => Ok(Accel::Auto),
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(UnknownAccel(s.to_owned())),
+        }
+    }
 }
 
 /// Counts QEMU processes started. Shared by everything that probes, so tests

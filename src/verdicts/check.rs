@@ -23,6 +23,7 @@
 //! document has no bus topology; `-device virtio-net-pci` on `isapc`
 //! fails), memory, and KVM's own vCPU limit.
 
+use crate::qemu::Accel;
 use crate::qemu::caps::{Capabilities, CpuUsability, DevicesSource, Machine};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -34,7 +35,7 @@ pub struct CheckRequest {
     pub cpu: Option<String>,
     pub devices: Vec<String>,
     /// `kvm` or `tcg`; `None`: what the probe ran under.
-    pub accel: Option<String>,
+    pub accel: Option<Accel>,
     pub cpus: Option<u64>,
 }
 
@@ -105,16 +106,15 @@ pub struct DeviceVerdict {
     pub suggestions: Vec<String>,
 }
 
-/// The accelerators a check may name.
-pub const ACCELS: &[&str] = &["kvm", "tcg"];
-
 /// The verdict for `req` on `caps`. `stale` is the reason the data is
 /// the last good one rather than current, if it is.
 pub fn check(caps: &Capabilities, req: &CheckRequest, stale: Option<&str>) -> Verdict {
     let mut v = Verdict {
         ok: false,
         emulator: caps.emulator.name.clone(),
-        accel: req.accel.clone().unwrap_or_else(|| caps.accel.clone()),
+        accel: req
+            .accel
+            .map_or_else(|| caps.accel.clone(), |a| a.as_str().to_owned()),
         machine: None,
         cpu: None,
         devices: Vec::new(),
@@ -154,6 +154,52 @@ pub fn check(caps: &Capabilities, req: &CheckRequest, stale: Option<&str>) -> Ve
     }
     v.ok = v.problems.is_empty();
     v
+}
+
+/// A verdict as text: the answer, what it is about, then each problem and
+/// warning on its own line.
+pub fn render(v: &Verdict) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let about: Vec<String> = [
+        v.machine
+            .as_ref()
+            .map(|m| match (&m.requested, &m.resolved) {
+                (Some(r), Some(c)) if r != c => format!("machine {r} ({c})"),
+                (_, Some(c)) => format!("machine {c}"),
+                (Some(r), None) => format!("machine {r}"),
+                (None, None) => String::new(),
+            }),
+        v.cpu.as_ref().map(|c| format!("cpu {}", c.requested)),
+        (!v.devices.is_empty()).then(|| {
+            let names: Vec<&str> = v.devices.iter().map(|d| d.name.as_str()).collect();
+            format!("devices {}", names.join(", "))
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|s| !s.is_empty())
+    .collect();
+    let _ = writeln!(
+        out,
+        "{}: {} {} under {}{}",
+        if v.ok { "ok" } else { "NO" },
+        v.emulator,
+        if v.ok { "can run" } else { "cannot run" },
+        v.accel,
+        if about.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", about.join("; "))
+        }
+    );
+    for p in &v.problems {
+        let _ = writeln!(out, "  problem: {p}");
+    }
+    for w in &v.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+    out
 }
 
 /// Where CPU usability under `accel` comes from.

@@ -14,10 +14,10 @@
 //! - with a VM (`--machine/--cpu/--device`): [`crate::verdicts::check`]'s verdict on
 //!   every input.
 //!
-//! Inputs must be of one architecture. Everything here is pure except
-//! [`load`], which reads a file, stdin or an agent URL.
+//! Inputs must be of one architecture. Everything here is pure: the command
+//! line reads the inputs (files, stdin, agent URLs).
 
-use crate::api::client::{self, Target};
+use crate::qemu::Accel;
 use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
 use crate::verdicts::check::{self, CheckRequest, Verdict};
 use schemars::JsonSchema;
@@ -32,91 +32,59 @@ pub struct Input {
     pub caps: Capabilities,
 }
 
+/// Inputs of different architectures cannot be compared.
 #[derive(Debug, thiserror::Error)]
-pub enum CompareError {
-    /// Exit 64.
-    #[error("{label}: {why}")]
-    BadInput { label: String, why: String },
-    /// Exit 69.
-    #[error("{0}")]
-    Unreachable(String),
-    /// Exit 64.
-    #[error("inputs are of different architectures: {0}; compare documents of one architecture")]
-    MixedArch(String),
-}
-
-impl CompareError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            CompareError::Unreachable(_) => 69,
-            _ => 64,
-        }
-    }
-}
+#[error("inputs are of different architectures: {0}; compare documents of one architecture")]
+pub struct MixedArch(pub String);
 
 /// The oldest document shape `compare` reads (fields added since default
 /// to empty).
 pub const OLDEST_SCHEMA: u32 = 2;
 
-/// Reads one input: a file, `-` for stdin, or `http://HOST:PORT/PATH`.
-pub async fn load(input: &str) -> Result<Input, CompareError> {
-    let bad = |why: String| CompareError::BadInput {
-        label: input.to_owned(),
-        why,
-    };
-    let bytes = if input == "-" {
-        let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut b)
-            .map_err(|e| bad(format!("cannot read stdin: {e}")))?;
-        b
-    } else if let Some(rest) = input.strip_prefix("http://") {
-        let (authority, path) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("expected http://HOST:PORT/v1/emulators/NAME".to_owned()))?;
-        let target = Target::from_addr(authority).map_err(|e| bad(e.to_string()))?;
-        match client::get(&target, &format!("/{path}")).await {
-            Ok(b) => b.to_vec(),
-            Err(e @ client::QueryError::Unreachable { .. }) => {
-                return Err(CompareError::Unreachable(format!("{input}: {e}")));
-            }
-            Err(e) => return Err(bad(e.to_string())),
-        }
-    } else if input.starts_with("https://") {
-        return Err(bad(
-            "the agent speaks plain HTTP on a local address".to_owned()
-        ));
-    } else {
-        std::fs::read(input).map_err(|e| bad(format!("cannot read: {e}")))?
-    };
-    parse(&bytes)
-        .map(|caps| Input {
-            label: input.to_owned(),
-            caps,
-        })
-        .map_err(bad)
+/// Why bytes are not a capabilities document.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("not a capabilities document (not a JSON object)")]
+    NotObject,
+    #[error("not a capabilities document (no schema_version)")]
+    NoSchemaVersion,
+    #[error("schema_version {0}; this qcapsd reads {OLDEST_SCHEMA} to {SCHEMA_VERSION}")]
+    Schema(u64),
+    #[error("not a capabilities document: {path}: {source}")]
+    Shape {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// A capabilities document from `qcapsd probe`, or as the API serves it
 /// (its `cache` metadata is dropped).
-pub fn parse(bytes: &[u8]) -> Result<Capabilities, String> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let Some(o) = v.as_object_mut() else {
-        return Err("not a capabilities document (not a JSON object)".to_owned());
-    };
+pub fn parse(bytes: &[u8]) -> Result<Capabilities, DocumentError> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(DocumentError::NotJson)?;
+    let o = v.as_object_mut().ok_or(DocumentError::NotObject)?;
     o.remove("cache");
-    let version = o.get("schema_version").and_then(serde_json::Value::as_u64);
-    match version {
+    match o.get("schema_version").and_then(serde_json::Value::as_u64) {
         Some(n) if (u64::from(OLDEST_SCHEMA)..=u64::from(SCHEMA_VERSION)).contains(&n) => {}
-        Some(n) => {
-            return Err(format!(
-                "schema_version {n}; this qcapsd reads {OLDEST_SCHEMA} to {SCHEMA_VERSION}"
-            ));
-        }
-        None => return Err("not a capabilities document (no schema_version)".to_owned()),
+        Some(n) => return Err(DocumentError::Schema(n)),
+        None => return Err(DocumentError::NoSchemaVersion),
     }
-    serde_path_to_error::deserialize(v)
-        .map_err(|e| format!("not a capabilities document: {}: {}", e.path(), e.inner()))
+    serde_path_to_error::deserialize(v).map_err(|e| DocumentError::Shape {
+        path: e.path().to_string(),
+        source: e.into_inner(),
+    })
+}
+
+/// What `--accel` and `--machine/--cpu/--device/--cpus` ask of a
+/// comparison: the accelerator applies to the comparison itself; the VM
+/// is checked on every input only when something about it was asked.
+pub fn question(mut vm: CheckRequest) -> (Option<Accel>, Option<CheckRequest>) {
+    let accel = vm.accel.take();
+    let asked =
+        vm.machine.is_some() || vm.cpu.is_some() || !vm.devices.is_empty() || vm.cpus.is_some();
+    (accel, asked.then_some(vm))
 }
 
 /// The answer of `qcapsd compare --json`.
@@ -206,9 +174,9 @@ fn usability<'a>(
 /// given, is checked on each.
 pub fn compare(
     inputs: &[Input],
-    accel: Option<&str>,
+    accel: Option<Accel>,
     vm: Option<&CheckRequest>,
-) -> Result<Comparison, CompareError> {
+) -> Result<Comparison, MixedArch> {
     let arches: BTreeSet<Option<&str>> = inputs.iter().map(|i| i.caps.arch.as_deref()).collect();
     let arch = match arches.into_iter().collect::<Vec<_>>().as_slice() {
         [Some(a)] => (*a).to_owned(),
@@ -223,10 +191,11 @@ pub fn compare(
                     )
                 })
                 .collect();
-            return Err(CompareError::MixedArch(each.join(", ")));
+            return Err(MixedArch(each.join(", ")));
         }
     };
-    let accel_of = |i: &Input| accel.map_or_else(|| i.caps.accel.clone(), str::to_owned);
+    let accel_of =
+        |i: &Input| accel.map_or_else(|| i.caps.accel.clone(), |a| a.as_str().to_owned());
     let usable_sets: Vec<BTreeSet<&str>> = inputs
         .iter()
         .map(|i| {
@@ -332,7 +301,7 @@ pub fn compare(
             .iter()
             .map(|i| {
                 let mut req = req.clone();
-                req.accel = Some(accel_of(i));
+                req.accel = accel.or_else(|| i.caps.accel.parse().ok());
                 let mut v = check::check(&i.caps, &req, None);
                 v.emulator = format!("{} ({})", i.caps.emulator.name, i.label);
                 v
@@ -455,17 +424,8 @@ pub fn render(c: &Comparison) -> String {
     if let Some(vm) = &c.vm {
         let _ = writeln!(out, "\nthe VM asked about:");
         for v in vm {
-            let _ = writeln!(
-                out,
-                "  {}: {}",
-                v.emulator,
-                if v.ok { "can run" } else { "cannot run" }
-            );
-            for p in &v.problems {
-                let _ = writeln!(out, "    problem: {p}");
-            }
-            for w in &v.warnings {
-                let _ = writeln!(out, "    warning: {w}");
+            for line in check::render(v).lines() {
+                let _ = writeln!(out, "  {line}");
             }
         }
     }
@@ -550,7 +510,6 @@ mod tests {
         let a = input("a", |_| {});
         let b = input("b", |c| c.arch = Some("aarch64".into()));
         let e = compare(&[a, b], None, None).unwrap_err();
-        assert_eq!(e.exit_code(), 64);
         assert!(e.to_string().contains("b is aarch64"), "{e}");
     }
 
@@ -582,18 +541,31 @@ mod tests {
         let mut served = serde_json::to_value(doc()).unwrap();
         served["cache"] = serde_json::json!({"fingerprint": {}, "exec_seconds": 0.1});
         assert!(parse(served.to_string().as_bytes()).is_ok());
-        assert!(parse(b"[]").unwrap_err().contains("not a JSON object"));
-        assert!(parse(b"{}").unwrap_err().contains("no schema_version"));
+        assert!(
+            parse(b"[]")
+                .unwrap_err()
+                .to_string()
+                .contains("not a JSON object")
+        );
+        assert!(
+            parse(b"{}")
+                .unwrap_err()
+                .to_string()
+                .contains("no schema_version")
+        );
         let mut future = serde_json::to_value(doc()).unwrap();
         future["schema_version"] = 99.into();
         assert!(
             parse(future.to_string().as_bytes())
                 .unwrap_err()
+                .to_string()
                 .contains("99")
         );
         let mut broken = serde_json::to_value(doc()).unwrap();
         broken["machines"][0]["cpu_max"] = "many".into();
-        let e = parse(broken.to_string().as_bytes()).unwrap_err();
+        let e = parse(broken.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("machines[0].cpu_max"), "{e}");
     }
 }

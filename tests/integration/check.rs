@@ -354,7 +354,7 @@ async fn cpu_verdicts_of_recorded_probes_equal_libvirt_s() {
                         &caps,
                         &CheckRequest {
                             cpu: Some(name.clone()),
-                            accel: Some(typ.to_owned()),
+                            accel: Some(typ.parse().unwrap()),
                             ..CheckRequest::default()
                         },
                         None,

@@ -6,6 +6,8 @@
 //! that leave a probe's process group.
 
 use crate::common::{self, AgentProc, Http, InProcess, count, process_alive, raw_http};
+use qcapsd::agent::probe_tag;
+use qcapsd::qemu::exec::TAG_VAR;
 use rustix::process::{Pid, Signal};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use std::time::Duration;
 /// Pids of live processes whose environment carries the probe tag of an
 /// agent using `cache_dir`.
 fn tagged(cache_dir: &Path) -> Vec<i32> {
-    let needle = format!("QCAPSD_PROBE=cache_dir={}", cache_dir.display());
+    let needle = format!("{TAG_VAR}={}", probe_tag(cache_dir));
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(Result::ok)
@@ -61,13 +63,14 @@ fn kill_9_of_the_agent_during_a_probe_leaves_no_qemu() {
     // The real QEMU, held at start-up (a server socket nobody connects to,
     // before its greeting) so that the probe is surely under way when the
     // agent dies.
+    let hold = d.path().join("hold.sock");
     let held = common::script(
         d.path(),
         "qemu-system-x86_64",
         &format!(
             "exec '{}' -chardev socket,id=hold,path='{}',server=on,wait=on \"$@\"",
             qemu.display(),
-            d.path().join("hold.sock").display()
+            hold.display()
         ),
     );
     let config = d.path().join("c.yaml");
@@ -93,7 +96,11 @@ fn kill_9_of_the_agent_during_a_probe_leaves_no_qemu() {
         let probing =
             common::poll_until(|| tagged(&cache).iter().any(|&p| parent_of(p) == Some(me)));
         assert!(probing, "round {round}: no probe seen");
-        std::thread::sleep(Duration::from_millis(100));
+        // QEMU itself (not the wrapper script) holds at start-up.
+        assert!(
+            common::poll_until(|| hold.exists()),
+            "round {round}: QEMU never reached its start-up socket"
+        );
         let qemus = tagged(&cache);
         assert!(
             !qemus.is_empty(),
@@ -107,6 +114,7 @@ fn kill_9_of_the_agent_during_a_probe_leaves_no_qemu() {
             left.is_empty(),
             "round {round}: QEMU outlived the agent: {left:?}"
         );
+        std::fs::remove_file(&hold).unwrap();
     }
 }
 
@@ -117,7 +125,7 @@ fn processes_an_earlier_instance_left_are_killed_at_start() {
     // What a probe of an agent killed in the old days left: tagged.
     let mut leftover = std::process::Command::new("sleep")
         .arg("600")
-        .env("QCAPSD_PROBE", format!("cache_dir={}", cache.display()))
+        .env(TAG_VAR, probe_tag(&cache))
         .spawn()
         .unwrap();
     let pid = leftover.id() as i32;

@@ -1,6 +1,7 @@
 //! Each rule of the check on a small document.
 
 use super::*;
+use crate::qemu::Accel;
 use crate::qemu::caps::AccelPass;
 use crate::qemu::caps::sample::{cpu, doc, machine};
 
@@ -165,7 +166,7 @@ fn another_accelerator_is_answered_from_its_pass() {
             &d,
             &ask(|r| {
                 r.cpu = Some(cpu.into());
-                r.accel = Some("tcg".into());
+                r.accel = Some(Accel::Tcg);
             }),
             None,
         )
@@ -191,7 +192,7 @@ fn an_accelerator_that_cannot_run_is_a_problem() {
             cpu_models: vec![],
         },
     );
-    let v = check(&d, &ask(|r| r.accel = Some("kvm".into())), None);
+    let v = check(&d, &ask(|r| r.accel = Some(Accel::Kvm)), None);
     assert!(!v.ok);
     assert_eq!(
         v.problems,
@@ -205,7 +206,7 @@ fn an_accelerator_never_probed_is_unknown_not_guessed() {
         &doc(),
         &ask(|r| {
             r.cpu = Some("Skylake".into());
-            r.accel = Some("tcg".into());
+            r.accel = Some(Accel::Tcg);
         }),
         None,
     );
