@@ -14,6 +14,8 @@
 //! `*_timestamp_seconds` gauges instead, whose value says when the last
 //! such event happened whenever it is first scraped.
 
+use crate::qemu::FailureReason;
+use crate::qemu::caps::Capabilities;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -30,16 +32,44 @@ pub const EXEC_BUCKETS: &[f64] = &[
 /// code pair has them all (series budget). They tell an answer from memory
 /// (under 0.5 ms) from one that waited on a probe (tens of ms and more).
 pub const HTTP_BUCKETS: &[f64] = &[0.0001, 0.0005, 0.005, 0.05, 1.0];
+crate::support::labelled! {
+    /// The parts of `qcapsd_capabilities`: how much of each an emulator
+    /// offers.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub enum CapabilityPart {
+        Machines = "machines",
+        CpuModels = "cpu_models",
+        /// CPU models QEMU reports usable under the document's accelerator.
+        CpuModelsUsable = "cpu_models_usable",
+        Devices = "devices",
+        Commands = "commands",
+    }
+}
+
+impl CapabilityPart {
+    /// How many of this part `caps` has.
+    pub fn count(self, caps: &Capabilities) -> usize {
+        match self {
+            CapabilityPart::Machines => caps.machines.len(),
+            CapabilityPart::CpuModels => caps.cpu_models.len(),
+            CapabilityPart::CpuModelsUsable => caps
+                .cpu_models
+                .iter()
+                .filter(|c| c.usable == Some(true))
+                .count(),
+            CapabilityPart::Devices => caps.devices.len(),
+            CapabilityPart::Commands => caps.commands.len(),
+        }
+    }
+}
+
 /// The reasons of `qcapsd_probe_failures_total`, all created at zero.
-pub const FAILURE_REASONS: &[&str] = &["not_found", "spawn", "timeout", "qmp", "bad_reply"];
-/// The parts of `qcapsd_capabilities`.
-pub const CAPABILITY_PARTS: &[&str] = &[
-    "machines",
-    "cpu_models",
-    "cpu_models_usable",
-    "devices",
-    "commands",
-];
+fn failure_reasons() -> impl Iterator<Item = &'static str> {
+    FailureReason::ALL
+        .iter()
+        .filter(|r| r.counted())
+        .map(|r| r.as_str())
+}
 /// Miss reasons that are no change of the source: start-up, lookups of a
 /// failed or absent emulator. They do not move the last-miss timestamp.
 const NON_CHANGE_MISSES: &[&str] = &["cold", "failed", "missing", "inaccessible"];
@@ -382,7 +412,7 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .insert(e.to_owned(), series);
         self.probes.with_label_values(&[e]);
-        for reason in FAILURE_REASONS {
+        for reason in failure_reasons() {
             self.probe_failures.with_label_values(&[e, reason]);
         }
         self.exec_duration.with_label_values(&[e]);
@@ -398,8 +428,8 @@ impl Metrics {
         ] {
             g.with_label_values(&[e]);
         }
-        for part in CAPABILITY_PARTS {
-            self.capabilities.with_label_values(&[e, part]);
+        for part in CapabilityPart::ALL {
+            self.capabilities.with_label_values(&[e, part.as_str()]);
         }
     }
 
@@ -412,7 +442,7 @@ impl Metrics {
         for v in [&self.probes, &self.lookups, &self.hits] {
             let _ = v.remove_label_values(&[e]);
         }
-        for reason in FAILURE_REASONS {
+        for reason in failure_reasons() {
             let _ = self.probe_failures.remove_label_values(&[e, reason]);
         }
         let mut born = self.born.lock().unwrap_or_else(|p| p.into_inner());
@@ -423,8 +453,8 @@ impl Metrics {
             }
             born.remove(&(x, reason));
         }
-        for part in CAPABILITY_PARTS {
-            let _ = self.capabilities.remove_label_values(&[e, part]);
+        for part in CapabilityPart::ALL {
+            let _ = self.capabilities.remove_label_values(&[e, part.as_str()]);
         }
         let _ = self.exec_duration.remove_label_values(&[e]);
         let _ = self.seconds_saved.remove_label_values(&[e]);
@@ -453,8 +483,10 @@ impl Metrics {
         self.last_success.with_label_values(&[e]).set(at_unix);
     }
 
-    pub fn probe_failed(&self, e: &str, reason: &str, at_unix: f64) {
-        self.probe_failures.with_label_values(&[e, reason]).inc();
+    pub fn probe_failed(&self, e: &str, reason: FailureReason, at_unix: f64) {
+        self.probe_failures
+            .with_label_values(&[e, reason.as_str()])
+            .inc();
         self.last_failure.with_label_values(&[e]).set(at_unix);
     }
 
@@ -641,7 +673,7 @@ mod tests {
             m.record_hit(e, 0.1);
             m.record_miss(e, "binary_changed", 1.0);
             m.record_invalidation(e, "binary_changed");
-            m.probe_failed(e, "timeout", 1.0);
+            m.probe_failed(e, FailureReason::Timeout, 1.0);
             m.probe_started(e);
         }
         m.remove_emulator("gone");

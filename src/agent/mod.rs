@@ -13,12 +13,11 @@ use crate::agent::emulators::{Emulators, ProbeSettings, Reporter};
 use crate::agent::history::History;
 use crate::agent::metrics::Metrics;
 use crate::agent::watch::Versions;
-use crate::api::bodies::{EmulatorRow, HostDoc, KvmDoc, SystemFacts};
 use crate::cache::{Backoff, Cache, State, store::Store};
 use crate::config::discovery::{self, DiscoveryError, EmulatorSpec};
 use crate::config::{Config, defaults};
 use crate::qemu::fingerprint::Host;
-use std::collections::BTreeMap;
+use metrics::CapabilityPart;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -254,129 +253,46 @@ impl Agent {
         let _ = self.started.subscribe().wait_for(|s| *s).await;
     }
 
-    /// Every emulator as `GET /v1/emulators` lists it, sorted by name. Reads
-    /// memory only (no stat): the state as of the last lookup or pass.
-    pub fn rows(&self) -> Vec<EmulatorRow> {
-        let view = self.cache.handler().view();
-        self.cache
-            .statuses()
-            .into_iter()
-            .map(|s| {
-                let d = s.data.as_deref();
-                EmulatorRow {
-                    path: view
-                        .table
-                        .get(&s.key)
-                        .map(|t| t.path.display().to_string())
-                        .unwrap_or_default(),
-                    arch: d.and_then(|d| d.caps.arch.clone()),
-                    version: d.and_then(|d| d.caps.qemu.as_ref().map(|q| q.version.clone())),
-                    state: s.state,
-                    probed_at: d.map(|d| d.caps.probe.started_at.clone()),
-                    stale: d.is_some() && s.error.is_some(),
-                    error: s.error.map(|e| e.to_string()),
-                    failures: s.failures,
-                    name: s.key,
-                }
-            })
-            .collect()
+    /// The machine the agent runs on (read once at start).
+    pub fn system(&self) -> &SystemFacts {
+        &self.system
     }
 
-    /// `GET /v1/host`: the fingerprint's host facts (from the snapshot the
-    /// revalidator keeps), where each was read, and the agent's own machine.
-    pub fn host_doc(&self) -> HostDoc {
-        let handler = self.cache.handler();
-        let host = handler.host();
-        let c = Arc::clone(&handler.view().host);
-        let at = |abs: &str| host.path(abs).display().to_string();
-        let cpuid_device = host.path("/dev/cpu/0/cpuid");
-        let sources = BTreeMap::from([
-            (
-                "kernel_release".to_owned(),
-                at("/proc/sys/kernel/osrelease"),
-            ),
-            ("cpu_signature".to_owned(), at("/proc/cpuinfo")),
-            ("microcode".to_owned(), at("/proc/cpuinfo")),
-            (
-                "cpuid".to_owned(),
-                if std::fs::File::open(&cpuid_device).is_ok() {
-                    cpuid_device.display().to_string()
-                } else {
-                    "the CPUID instruction".to_owned()
-                },
-            ),
-            (
-                "kvm_nested".to_owned(),
-                format!(
-                    "{} or {}",
-                    at("/sys/module/kvm_intel/parameters/nested"),
-                    at("/sys/module/kvm_amd/parameters/nested")
-                ),
-            ),
-            (
-                "secure_guest".to_owned(),
-                format!(
-                    "{}, {}, {}",
-                    at("/sys/module/kvm_amd/parameters"),
-                    at("/dev/sev"),
-                    at("/sys/firmware/uv/prot_virt_host")
-                ),
-            ),
-            ("kvm".to_owned(), at("/dev/kvm")),
-        ]);
-        HostDoc {
-            host_root: host.root().display().to_string(),
-            facts: (*c).clone(),
-            kvm: KvmDoc {
-                device: at("/dev/kvm"),
-                usable: host.kvm_usable(),
-            },
-            sources,
-            system: self.system.clone(),
-        }
-    }
-
-    /// The /metrics text: per-emulator gauges refreshed from the rows
-    /// (memory only), then every metric encoded.
+    /// The /metrics text: per-emulator gauges refreshed from the cache's
+    /// statuses (memory only), then every metric encoded.
     pub fn scrape(&self) -> Result<Vec<u8>, prometheus::Error> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let m = &self.metrics;
+        let view = self.cache.handler().view();
         m.emulator_info.reset();
         for st in self.cache.statuses() {
-            let Some(d) = st.data.as_deref() else {
-                continue;
-            };
-            let caps = &d.caps;
-            let usable = caps
-                .cpu_models
-                .iter()
-                .filter(|c| c.usable == Some(true))
-                .count();
-            for (part, n) in [
-                ("machines", caps.machines.len()),
-                ("cpu_models", caps.cpu_models.len()),
-                ("cpu_models_usable", usable),
-                ("devices", caps.devices.len()),
-                ("commands", caps.commands.len()),
-            ] {
-                m.capabilities
-                    .with_label_values(&[&st.key, part])
-                    .set(n as i64);
+            let caps = st.data.as_deref().map(|d| &d.caps);
+            if let Some(caps) = caps {
+                for &part in CapabilityPart::ALL {
+                    m.capabilities
+                        .with_label_values(&[&st.key, part.as_str()])
+                        .set(part.count(caps) as i64);
+                }
             }
-        }
-        for row in self.rows() {
+            let path = view
+                .table
+                .get(&st.key)
+                .map(|t| t.path.display().to_string())
+                .unwrap_or_default();
+            let version = caps
+                .and_then(|c| c.qemu.as_ref())
+                .map(|q| q.version.as_str());
             m.emulator_info
                 .with_label_values(&[
-                    &row.name,
-                    &row.path,
-                    row.arch.as_deref().unwrap_or(""),
-                    row.version.as_deref().unwrap_or(""),
+                    st.key.as_str(),
+                    &path,
+                    caps.and_then(|c| c.arch.as_deref()).unwrap_or(""),
+                    version.unwrap_or(""),
                 ])
                 .set(1);
-            let up =
-                row.state == State::Fresh || (row.state == State::Probing && row.version.is_some());
+            let up = st.state == State::Fresh || (st.state == State::Probing && version.is_some());
             m.emulator_up
-                .with_label_values(&[&row.name])
+                .with_label_values(&[&st.key])
                 .set(i64::from(up));
         }
         m.encode()
@@ -385,22 +301,19 @@ impl Agent {
     /// A one-line summary for the service manager: `2 emulators: 2 fresh,
     /// 0 failed`.
     pub fn summary(&self) -> String {
-        let rows = self.rows();
-        let count = |s: State| rows.iter().filter(|r| r.state == s).count();
+        let states: Vec<State> = self.cache.statuses().iter().map(|s| s.state).collect();
+        let count = |s: State| states.iter().filter(|&&t| t == s).count();
         let mut line = format!(
             "{} emulator{}: {} fresh, {} failed",
-            rows.len(),
-            if rows.len() == 1 { "" } else { "s" },
+            states.len(),
+            if states.len() == 1 { "" } else { "s" },
             count(State::Fresh),
             count(State::Failed)
         );
-        for (state, n) in [
-            ("missing", count(State::Missing)),
-            ("probing", count(State::Probing)),
-            ("pending", count(State::Pending)),
-        ] {
+        for state in [State::Missing, State::Probing, State::Pending] {
+            let n = count(state);
             if n > 0 {
-                line += &format!(", {n} {state}");
+                line += &format!(", {n} {}", state.as_str());
             }
         }
         line
@@ -414,4 +327,39 @@ impl Agent {
 
 fn names(specs: &[EmulatorSpec]) -> Vec<String> {
     specs.iter().map(|s| s.name.clone()).collect()
+}
+
+/// CPU brand and count, memory and host name, read once at start: the
+/// machine the agent itself runs on (not below `host_root`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct SystemFacts {
+    /// The host name.
+    pub hostname: Option<String>,
+    /// The first CPU's brand string.
+    pub cpu_brand: Option<String>,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Total memory.
+    pub memory_bytes: u64,
+}
+
+impl SystemFacts {
+    pub fn read() -> SystemFacts {
+        use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+        let sys = System::new_with_specifics(
+            RefreshKind::nothing()
+                .with_cpu(CpuRefreshKind::nothing())
+                .with_memory(MemoryRefreshKind::nothing().with_ram()),
+        );
+        SystemFacts {
+            hostname: System::host_name(),
+            cpu_brand: sys
+                .cpus()
+                .first()
+                .map(|c| c.brand().trim().to_owned())
+                .filter(|b| !b.is_empty()),
+            cpus: sys.cpus().len(),
+            memory_bytes: sys.total_memory(),
+        }
+    }
 }

@@ -2,11 +2,58 @@
 //! itself: one definition used by the server to write them, by the client
 //! to read them, and by the OpenAPI description to describe them.
 
+use crate::agent::{Agent, SystemFacts};
 use crate::cache::State;
 use crate::qemu::fingerprint::HostContext;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// An emulator's state as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EmulatorState {
+    /// Not probed yet.
+    Pending,
+    /// Its capabilities are current.
+    Fresh,
+    /// A probe is running.
+    Probing,
+    /// The last probe failed (or the binary cannot be examined).
+    Failed,
+    /// The binary is not there.
+    Missing,
+}
+
+impl From<State> for EmulatorState {
+    fn from(s: State) -> Self {
+        match s {
+            State::Pending => EmulatorState::Pending,
+            State::Fresh => EmulatorState::Fresh,
+            State::Probing => EmulatorState::Probing,
+            State::Failed => EmulatorState::Failed,
+            State::Missing => EmulatorState::Missing,
+        }
+    }
+}
+
+impl EmulatorState {
+    pub fn as_str(self) -> &'static str {
+        State::from(self).as_str()
+    }
+}
+
+impl From<EmulatorState> for State {
+    fn from(s: EmulatorState) -> Self {
+        match s {
+            EmulatorState::Pending => State::Pending,
+            EmulatorState::Fresh => State::Fresh,
+            EmulatorState::Probing => State::Probing,
+            EmulatorState::Failed => State::Failed,
+            EmulatorState::Missing => State::Missing,
+        }
+    }
+}
 
 /// One emulator in `GET /v1/emulators`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -21,7 +68,7 @@ pub struct EmulatorRow {
     pub version: Option<String>,
     /// `pending` (not probed yet), `fresh`, `probing`, `failed` or
     /// `missing`.
-    pub state: State,
+    pub state: EmulatorState,
     /// When the capabilities served were probed (RFC 3339).
     pub probed_at: Option<String>,
     /// The capabilities served are the last good ones; a later probe
@@ -42,7 +89,7 @@ pub struct ErrorBody {
     /// The emulator's state, where the error is about one (e.g. a forced
     /// probe refused by the rate limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<State>,
+    pub state: Option<EmulatorState>,
 }
 
 /// The answer to `POST /v1/emulators/{name}/revalidate`.
@@ -51,7 +98,7 @@ pub struct Revalidating {
     /// The emulator.
     pub name: String,
     /// Its state right after (`probing` unless it is missing).
-    pub state: State,
+    pub state: EmulatorState,
 }
 
 /// `GET /healthz` and `GET /readyz` when healthy.
@@ -89,36 +136,48 @@ pub struct KvmDoc {
     pub usable: bool,
 }
 
-/// CPU brand and count, memory and host name, read once at start.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct SystemFacts {
-    /// The host name.
-    pub hostname: Option<String>,
-    /// The first CPU's brand string.
-    pub cpu_brand: Option<String>,
-    /// Logical CPUs.
-    pub cpus: usize,
-    /// Total memory.
-    pub memory_bytes: u64,
+/// Every emulator as `GET /v1/emulators` lists it, sorted by name. Reads
+/// memory only (no stat): the state as of the last lookup or pass.
+pub fn rows(agent: &Agent) -> Vec<EmulatorRow> {
+    let view = agent.cache.handler().view();
+    agent
+        .cache
+        .statuses()
+        .into_iter()
+        .map(|s| {
+            let caps = s.data.as_deref().map(|d| &d.caps);
+            EmulatorRow {
+                path: view
+                    .table
+                    .get(&s.key)
+                    .map(|t| t.path.display().to_string())
+                    .unwrap_or_default(),
+                arch: caps.and_then(|c| c.arch.clone()),
+                version: caps.and_then(|c| c.qemu.as_ref().map(|q| q.version.clone())),
+                state: s.state.into(),
+                probed_at: caps.map(|c| c.probe.started_at.clone()),
+                stale: s.stale,
+                error: s.error.map(|e| e.to_string()),
+                failures: s.failures,
+                name: s.key,
+            }
+        })
+        .collect()
 }
 
-impl SystemFacts {
-    pub fn read() -> SystemFacts {
-        use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
-        let sys = System::new_with_specifics(
-            RefreshKind::nothing()
-                .with_cpu(CpuRefreshKind::nothing())
-                .with_memory(MemoryRefreshKind::nothing().with_ram()),
-        );
-        SystemFacts {
-            hostname: System::host_name(),
-            cpu_brand: sys
-                .cpus()
-                .first()
-                .map(|c| c.brand().trim().to_owned())
-                .filter(|b| !b.is_empty()),
-            cpus: sys.cpus().len(),
-            memory_bytes: sys.total_memory(),
-        }
+/// `GET /v1/host`: the fingerprint's host facts (from the snapshot the
+/// revalidator keeps), where each was read, and the agent's own machine.
+pub fn host_doc(agent: &Agent) -> HostDoc {
+    let handler = agent.cache.handler();
+    let host = handler.host();
+    HostDoc {
+        host_root: host.root().display().to_string(),
+        facts: (*handler.view().host).clone(),
+        kvm: KvmDoc {
+            device: host.path("/dev/kvm").display().to_string(),
+            usable: host.kvm_usable(),
+        },
+        sources: host.sources(),
+        system: agent.system().clone(),
     }
 }

@@ -238,6 +238,7 @@ pub fn json_error(status: StatusCode, msg: &str) -> Response {
 }
 
 fn error_with_state(status: StatusCode, msg: &str, state: Option<crate::cache::State>) -> Response {
+    let state = state.map(bodies::EmulatorState::from);
     json_value(
         status,
         &ErrorBody {
@@ -336,7 +337,7 @@ async fn index() -> Response {
 }
 
 fn rows_part(ctx: &Ctx) -> Option<Part> {
-    Part::json(&ctx.agent.rows()).ok()
+    Part::json(&bodies::rows(&ctx.agent)).ok()
 }
 
 async fn list(State(ctx): State<Ctx>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
@@ -595,7 +596,7 @@ async fn revalidate(State(ctx): State<Ctx>, name: Result<Path<String>, PathRejec
                 StatusCode::ACCEPTED,
                 &Revalidating {
                     name,
-                    state: f.state,
+                    state: f.state.into(),
                 },
             ),
             Some(wait) => {
@@ -671,7 +672,7 @@ async fn openapi() -> Response {
 }
 
 async fn host(State(ctx): State<Ctx>) -> Response {
-    json_value(StatusCode::OK, &ctx.agent.host_doc())
+    json_value(StatusCode::OK, &bodies::host_doc(&ctx.agent))
 }
 
 /// Liveness: answers from the serving path and takes the cache's lock, so

@@ -33,10 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The state of one key, as the API shows it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Not probed yet.
     Pending,
@@ -121,6 +118,9 @@ pub struct Status<D> {
     pub state: State,
     pub data: Option<Arc<D>>,
     pub error: Option<Arc<str>>,
+    /// `data` is the last good data, and the latest refresh failed (or the
+    /// source cannot be examined now).
+    pub stale: bool,
     pub failures: u32,
     pub last_failure: Option<SystemTime>,
 }
@@ -753,6 +753,7 @@ fn status_of<D, S>(key: &str, s: &Slot<D, S>) -> Status<D> {
     Status {
         key: key.to_owned(),
         state: slot_state(s),
+        stale: s.data.is_some() && error.is_some(),
         data: s.data.clone(),
         error,
         failures: s.failure.as_ref().map_or(0, |f| f.attempts),

@@ -222,17 +222,47 @@ impl ExecError {
         )
     }
 
-    /// A short, bounded label for metrics (`reason`).
-    pub fn reason(&self) -> &'static str {
+    /// Why, as the bounded `reason` of metrics.
+    pub fn reason(&self) -> FailureReason {
         match self {
-            ExecError::NotFound { .. } => "not_found",
+            ExecError::NotFound { .. } => FailureReason::NotFound,
             ExecError::NotExecutable { .. } | ExecError::Busy { .. } | ExecError::Spawn { .. } => {
-                "spawn"
+                FailureReason::Spawn
             }
-            ExecError::Timeout { .. } => "timeout",
-            ExecError::Cancelled { .. } => "cancelled",
-            ExecError::Qmp { .. } => "qmp",
+            ExecError::Timeout { .. } => FailureReason::Timeout,
+            ExecError::Cancelled { .. } => FailureReason::Cancelled,
+            ExecError::Qmp { .. } => FailureReason::Qmp,
         }
+    }
+}
+
+crate::support::labelled! {
+    /// Why a probe failed: the `reason` label of
+    /// `qcapsd_probe_failures_total`, a fixed set.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+    pub enum FailureReason {
+        /// The binary is not there.
+        NotFound = "not_found",
+        /// It could not be started (not executable, busy, refused).
+        Spawn = "spawn",
+        /// No answer within the probe timeout.
+        Timeout = "timeout",
+        /// The QMP conversation broke (QEMU exited, or said something
+        /// that is not QMP).
+        Qmp = "qmp",
+        /// A reply had not the shape its command promises.
+        BadReply = "bad_reply",
+        /// The agent stopped the probe (shutting down); not a failure of
+        /// the emulator, so never counted.
+        Cancelled = "cancelled",
+    }
+}
+
+impl FailureReason {
+    /// Whether failures for this reason are counted (all but
+    /// cancellations).
+    pub fn counted(self) -> bool {
+        self != FailureReason::Cancelled
     }
 }
 

@@ -189,6 +189,16 @@ const FEATURE_LEAVES: &[(u32, u32)] = &[
     (0x8000_0021, 0),
 ];
 
+/// The host files facts are read from (below the root).
+const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
+const CPUINFO: &str = "/proc/cpuinfo";
+const CPUID_DEVICE: &str = "/dev/cpu/0/cpuid";
+const KVM_INTEL_NESTED: &str = "/sys/module/kvm_intel/parameters/nested";
+const KVM_AMD_NESTED: &str = "/sys/module/kvm_amd/parameters/nested";
+const KVM_AMD_PARAMS: &str = "/sys/module/kvm_amd/parameters";
+const DEV_SEV: &str = "/dev/sev";
+const PROT_VIRT: &str = "/sys/firmware/uv/prot_virt_host";
+
 /// Reads host facts below a root directory.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -237,34 +247,62 @@ impl Host {
     /// Kernel release, CPU signature and microcode, CPUID, KVM's nested
     /// and secure-guest switches (a dozen small reads).
     pub fn context(&self) -> HostContext {
-        let cpuinfo = std::fs::read_to_string(self.path("/proc/cpuinfo")).unwrap_or_default();
+        let cpuinfo = std::fs::read_to_string(self.path(CPUINFO)).unwrap_or_default();
         let (cpu_signature, microcode) = parse_cpuinfo(&cpuinfo);
         let kvm_nested = self
-            .read_trimmed("/sys/module/kvm_intel/parameters/nested")
-            .or_else(|| self.read_trimmed("/sys/module/kvm_amd/parameters/nested"));
+            .read_trimmed(KVM_INTEL_NESTED)
+            .or_else(|| self.read_trimmed(KVM_AMD_NESTED));
         HostContext {
-            kernel_release: self
-                .read_trimmed("/proc/sys/kernel/osrelease")
-                .unwrap_or_default(),
+            kernel_release: self.read_trimmed(OSRELEASE).unwrap_or_default(),
             cpu_signature,
             microcode,
             cpuid: self.cpuid_hash(),
             kvm_nested,
             secure_guest: SecureGuest {
-                sev: self.read_trimmed("/sys/module/kvm_amd/parameters/sev"),
-                sev_es: self.read_trimmed("/sys/module/kvm_amd/parameters/sev_es"),
-                sev_snp: self.read_trimmed("/sys/module/kvm_amd/parameters/sev_snp"),
+                sev: self.read_trimmed(&format!("{KVM_AMD_PARAMS}/sev")),
+                sev_es: self.read_trimmed(&format!("{KVM_AMD_PARAMS}/sev_es")),
+                sev_snp: self.read_trimmed(&format!("{KVM_AMD_PARAMS}/sev_snp")),
                 tdx: self.read_trimmed("/sys/module/kvm_intel/parameters/tdx"),
-                dev_sev: self.path("/dev/sev").exists(),
-                prot_virt: self.read_trimmed("/sys/firmware/uv/prot_virt_host"),
+                dev_sev: self.path(DEV_SEV).exists(),
+                prot_virt: self.read_trimmed(PROT_VIRT),
             },
         }
+    }
+
+    /// Where each fact of [`Host::context`] (and `/dev/kvm`) is read: the
+    /// paths below the root, by fact.
+    pub fn sources(&self) -> std::collections::BTreeMap<String, String> {
+        let at = |abs: &str| self.path(abs).display().to_string();
+        let cpuid_device = self.path(CPUID_DEVICE);
+        let cpuid = if std::fs::File::open(&cpuid_device).is_ok() {
+            cpuid_device.display().to_string()
+        } else {
+            "the CPUID instruction".to_owned()
+        };
+        [
+            ("kernel_release", at(OSRELEASE)),
+            ("cpu_signature", at(CPUINFO)),
+            ("microcode", at(CPUINFO)),
+            ("cpuid", cpuid),
+            (
+                "kvm_nested",
+                format!("{} or {}", at(KVM_INTEL_NESTED), at(KVM_AMD_NESTED)),
+            ),
+            (
+                "secure_guest",
+                format!("{}, {}, {}", at(KVM_AMD_PARAMS), at(DEV_SEV), at(PROT_VIRT)),
+            ),
+            ("kvm", self.kvm.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
     }
 
     /// A hash of the feature leaves, from the kernel's cpuid device under
     /// the root when it can be read, else from the CPUID instruction.
     fn cpuid_hash(&self) -> Option<String> {
-        let leaves = read_cpuid_device(&self.path("/dev/cpu/0/cpuid")).or_else(native_cpuid)?;
+        let leaves = read_cpuid_device(&self.path(CPUID_DEVICE)).or_else(native_cpuid)?;
         Some(hash_leaves(&leaves))
     }
 

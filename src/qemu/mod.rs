@@ -11,6 +11,6 @@ pub mod probe;
 pub mod qmp;
 
 pub use caps::Capabilities;
-pub use exec::{Accel, ExecCounter, ExecError};
+pub use exec::{Accel, ExecCounter, ExecError, FailureReason};
 pub use probe::{ProbeError, ProbeReport, ProbeRequest, probe};
 pub use qmp::CommandTime;

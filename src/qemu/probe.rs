@@ -15,7 +15,7 @@
 use super::caps::{
     AccelPass, Capabilities, CpuUsability, DevicesSource, Emulator, ProbeInfo, SCHEMA_VERSION,
 };
-use super::exec::{Accel, ExecCounter, ExecError, ExecReport, ExecSpec, with_qemu};
+use super::exec::{Accel, ExecCounter, ExecError, ExecReport, ExecSpec, FailureReason, with_qemu};
 use super::parse::{self, ParseError};
 use super::qmp::{CommandTime, QmpError};
 use serde_json::{Value, json};
@@ -95,11 +95,11 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
-    /// A short, bounded label for metrics.
-    pub fn reason(&self) -> &'static str {
+    /// Why, as the bounded `reason` of metrics.
+    pub fn reason(&self) -> FailureReason {
         match self {
             ProbeError::Exec(e) => e.reason(),
-            ProbeError::Parse { .. } => "bad_reply",
+            ProbeError::Parse { .. } => FailureReason::BadReply,
         }
     }
 }
