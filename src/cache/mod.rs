@@ -368,29 +368,11 @@ impl<H: Handler> Cache<H> {
         slot: &mut SlotOf<H>,
         now: Result<H::Stamp, Absent>,
     ) -> Step<H::Data> {
-        let h = &self.handler;
-        let verdict = slot.classify(
-            now.as_ref(),
-            Instant::now(),
-            |d| h.data_stamp(d),
-            |a, b| h.why_changed(a, b),
-        );
-        let now = match (verdict, now) {
-            (Verdict::Absent { newly }, Err(absent)) => {
-                if newly {
-                    tracing::warn!(key, reason = absent.reason(), "source gone or unreadable");
-                    self.observer.invalidated(key, absent.reason());
-                    slot.absent = Some(absent.clone());
-                    self.observer.changed(key);
-                }
-                return Step::Absent(absent);
-            }
-            (_, Ok(now)) => now,
-            (_, Err(absent)) => return Step::Absent(absent),
+        let verdict = self.classify(slot, now.as_ref(), false);
+        let now = match self.note_absence(key, slot, verdict, now) {
+            Ok(now) => now,
+            Err(absent) => return Step::Absent(absent),
         };
-        if slot.absent.take().is_some() {
-            self.observer.changed(key);
-        }
         match verdict {
             Verdict::Hit => {
                 if slot.failure.take().is_some() {
@@ -422,6 +404,49 @@ impl<H: Handler> Cache<H> {
                 Step::Wait(self.start_flight(key, slot, now, reason), reason)
             }
             Verdict::Absent { .. } => Step::BackingOff(slot.data.clone(), Arc::from("absent")),
+        }
+    }
+
+    /// [`Slot::classify`] with this cache's handler and clock.
+    fn classify(&self, slot: &SlotOf<H>, now: Result<&H::Stamp, &Absent>, forced: bool) -> Verdict {
+        let h = &self.handler;
+        slot.classify(
+            now,
+            Instant::now(),
+            forced,
+            |d| h.data_stamp(d),
+            |a, b| h.why_changed(a, b),
+        )
+    }
+
+    /// What follows from the source's presence, whatever else is decided:
+    /// a source newly gone is marked absent (an invalidation); one that is
+    /// back is no longer. Returns the stamp, or why there is none. Caller
+    /// holds the lock.
+    fn note_absence(
+        &self,
+        key: &str,
+        slot: &mut SlotOf<H>,
+        verdict: Verdict,
+        now: Result<H::Stamp, Absent>,
+    ) -> Result<H::Stamp, Absent> {
+        match (verdict, now) {
+            (Verdict::Absent { newly }, Err(absent)) => {
+                if newly {
+                    tracing::warn!(key, reason = absent.reason(), "source gone or unreadable");
+                    self.observer.invalidated(key, absent.reason());
+                    slot.absent = Some(absent.clone());
+                    self.observer.changed(key);
+                }
+                Err(absent)
+            }
+            (_, Err(absent)) => Err(absent),
+            (_, Ok(now)) => {
+                if slot.absent.take().is_some() {
+                    self.observer.changed(key);
+                }
+                Ok(now)
+            }
         }
     }
 
@@ -614,20 +639,12 @@ impl<H: Handler> Cache<H> {
         let now = self.handler.stamp(key);
         let mut slots = self.lock();
         let slot = slots.get_mut(key).ok_or(LookupError::Unknown)?;
-        let now = match now {
-            Ok(now) => now,
-            Err(absent) => {
-                if slot.absent.as_ref() != Some(&absent) {
-                    self.observer.invalidated(key, absent.reason());
-                    slot.absent = Some(absent.clone());
-                    self.observer.changed(key);
-                }
-                return Err(absent.into());
-            }
-        };
-        slot.absent = None;
-        let joined = slot.flight.as_ref().is_some_and(|f| f.stamp == now);
-        if !joined {
+        // The decision, forced: an absent source is marked so, a refresh
+        // already running under this stamp is joined; anything else (valid
+        // data, a backoff, a change) gets the forced refresh.
+        let verdict = self.classify(slot, now.as_ref(), true);
+        let now = self.note_absence(key, slot, verdict, now)?;
+        if verdict != Verdict::Join {
             if let Some(last) = slot.last_forced {
                 let since = last.elapsed();
                 if since < min_interval {

@@ -79,14 +79,17 @@ impl<D, S: PartialEq> Slot<D, S> {
         }
     }
 
-    /// The one decision about this slot, given the source's stamp `now` and
-    /// the time. Pure: it changes nothing. `stamp_of` gives the stamp data
-    /// was made under, `why_changed` a reason for the difference of two
-    /// stamps.
+    /// The one decision about this slot, given the source's stamp `now`,
+    /// the time, and whether a refresh is demanded (`forced`: valid data
+    /// and a running backoff do not satisfy it; a refresh already running
+    /// under the same stamp does). Pure: it changes nothing. `stamp_of`
+    /// gives the stamp data was made under, `why_changed` a reason for the
+    /// difference of two stamps.
     pub fn classify(
         &self,
         now: Result<&S, &Absent>,
         at: Instant,
+        forced: bool,
         stamp_of: impl Fn(&D) -> &S,
         why_changed: impl Fn(&S, &S) -> &'static str,
     ) -> Verdict {
@@ -98,14 +101,14 @@ impl<D, S: PartialEq> Slot<D, S> {
             }
             Ok(s) => s,
         };
-        if self.data.as_ref().is_some_and(|d| stamp_of(d) == now) {
+        if !forced && self.data.as_ref().is_some_and(|d| stamp_of(d) == now) {
             return Verdict::Hit;
         }
         if self.flight.as_ref().is_some_and(|f| &f.stamp == now) {
             return Verdict::Join;
         }
         if let Some(f) = &self.failure {
-            if &f.stamp == now && at < f.retry_at {
+            if !forced && &f.stamp == now && at < f.retry_at {
                 return Verdict::BackingOff;
             }
         }
@@ -186,7 +189,11 @@ mod tests {
     }
 
     fn classify(slot: &TestSlot, now: Result<u64, Absent>, at: Instant) -> Verdict {
-        slot.classify(now.as_ref(), at, |d| d, why)
+        slot.classify(now.as_ref(), at, false, |d| d, why)
+    }
+
+    fn forced(slot: &TestSlot, now: Result<u64, Absent>, at: Instant) -> Verdict {
+        slot.classify(now.as_ref(), at, true, |d| d, why)
     }
 
     /// Every situation a slot can be in, with the verdict both paths must
@@ -231,6 +238,31 @@ mod tests {
         ];
         for (what, slot, now, want) in cases {
             assert_eq!(classify(&slot, now, t), want, "{what}");
+        }
+    }
+
+    /// A forced refresh (`POST …/revalidate`): only absence and a refresh
+    /// already running under the same stamp stop one from starting.
+    #[tokio::test(start_paused = true)]
+    async fn the_decision_table_when_forced() {
+        let t = Instant::now();
+        let refresh = |reason, invalidated| Verdict::Refresh {
+            reason,
+            invalidated,
+        };
+        let s = |d, f, fl, a| slot(d, f, fl, a, t);
+        #[rustfmt::skip]
+        let cases: Vec<(&str, TestSlot, Result<u64, Absent>, Verdict)> = vec![
+            ("valid data", s(Some(10), None, None, None), Ok(10), refresh("retry", false)),
+            ("never seen", s(None, None, None, None), Ok(10), refresh("cold", false)),
+            ("backing off", s(None, Some((20, 60)), None, None), Ok(20), refresh("retry", false)),
+            ("changed", s(Some(10), None, None, None), Ok(20), refresh("binary_changed", true)),
+            ("forced refresh in flight while the data is valid", s(Some(10), None, Some(10), None), Ok(10), Verdict::Join),
+            ("refresh in flight under the same stamp", s(Some(10), None, Some(20), None), Ok(20), Verdict::Join),
+            ("gone", s(Some(10), None, None, None), Err(Absent::Missing), Verdict::Absent { newly: true }),
+        ];
+        for (what, slot, now, want) in cases {
+            assert_eq!(forced(&slot, now, t), want, "{what}");
         }
     }
 }
