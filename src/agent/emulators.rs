@@ -15,7 +15,7 @@ use crate::agent::watch::Versions;
 use crate::cache::{self, Absent, Handler};
 use crate::config::discovery::EmulatorSpec;
 use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
-use crate::qemu::exec::{Accel, ExecCounter, ExecError};
+use crate::qemu::exec::{Accel, ExecCounter, FailureReason};
 use crate::qemu::fingerprint::{Fingerprint, Host, HostContext};
 use crate::qemu::probe::{ProbeError, ProbeRequest, probe};
 use crate::support::digest::Fnv64;
@@ -38,6 +38,9 @@ pub struct Entry {
     pub fingerprint: Fingerprint,
     /// Wall time of the exec that produced `caps`: what each hit saves.
     pub exec_seconds: f64,
+    /// Each QEMU process the probe started, timed (empty for an entry read
+    /// from disk: nothing ran).
+    pub execs: Vec<Duration>,
     pub rendered: Rendered,
 }
 
@@ -46,12 +49,14 @@ impl Entry {
         caps: Capabilities,
         fingerprint: Fingerprint,
         exec_seconds: f64,
+        execs: Vec<Duration>,
     ) -> Result<Entry, serde_json::Error> {
         let rendered = Rendered::new(&caps, &fingerprint, exec_seconds)?;
         Ok(Entry {
             caps,
             fingerprint,
             exec_seconds,
+            execs,
             rendered,
         })
     }
@@ -186,7 +191,6 @@ pub struct Emulators {
     view: RwLock<Arc<View>>,
     host: Host,
     pub counter: ExecCounter,
-    metrics: Arc<Metrics>,
     /// Tag put in every probe's environment, so that processes left by an
     /// earlier instance of this agent can be found (see
     /// [`crate::qemu::exec::sweep_tagged`]).
@@ -198,7 +202,6 @@ impl Emulators {
         host: Host,
         specs: &[EmulatorSpec],
         settings: ProbeSettings,
-        metrics: Arc<Metrics>,
         probe_tag: String,
     ) -> Self {
         let view = View {
@@ -210,7 +213,6 @@ impl Emulators {
             view: RwLock::new(Arc::new(view)),
             host,
             counter: ExecCounter::default(),
-            metrics,
             probe_tag,
         }
     }
@@ -277,10 +279,25 @@ impl Emulators {
 pub enum RefreshError {
     #[error("emulator no longer configured")]
     Unconfigured,
-    #[error(transparent)]
-    Probe(#[from] ProbeError),
+    /// The probe failed; `ran_for` is how long QEMU ran, if it started.
+    #[error("{source}")]
+    Probe {
+        #[source]
+        source: ProbeError,
+        ran_for: Option<Duration>,
+    },
     #[error("cannot render the document: {0}")]
     Render(#[from] serde_json::Error),
+}
+
+impl RefreshError {
+    /// The probe's failure reason, where there was a probe.
+    pub fn reason(&self) -> Option<FailureReason> {
+        match self {
+            RefreshError::Probe { source, .. } => Some(source.reason()),
+            RefreshError::Unconfigured | RefreshError::Render(_) => None,
+        }
+    }
 }
 
 impl Handler for Emulators {
@@ -331,33 +348,26 @@ impl Handler for Emulators {
             )
         }
         .accels(&settings.accels, stamp.kvm_usable);
-        self.metrics.probe_started(key);
         let started = Instant::now();
-        let result = probe(&spec.path, &req, &self.counter, &cancel).await;
-        // Every QEMU process that was started is timed, failed ones too.
-        match &result {
-            Ok((_, report)) => {
-                for exec in std::iter::once(&report.exec).chain(&report.passes) {
-                    self.metrics.observe_exec(key, exec.duration);
-                }
-            }
-            Err(ProbeError::Exec(e)) if !e.started() => {}
-            Err(_) => self.metrics.observe_exec(key, started.elapsed()),
-        }
-        match result {
-            Ok((caps, _)) => {
-                self.metrics.probe_succeeded(key, unix_now());
+        match probe(&spec.path, &req, &self.counter, &cancel).await {
+            Ok((caps, report)) => {
                 tracing::info!(emulator = key, path = %spec.path.display(), seconds = caps.probe.duration_seconds,
                                execs = caps.probe.execs,
                                version = caps.qemu.as_ref().map(|q| q.version.as_str()).unwrap_or("?"), "probed");
                 let seconds = caps.probe.duration_seconds;
-                Ok(Entry::new(caps, stamp, seconds)?)
+                let execs = std::iter::once(&report.exec)
+                    .chain(&report.passes)
+                    .map(|e| e.duration)
+                    .collect();
+                Ok(Entry::new(caps, stamp, seconds, execs)?)
             }
-            Err(e) => {
-                if !matches!(e, ProbeError::Exec(ExecError::Cancelled { .. })) {
-                    self.metrics.probe_failed(key, e.reason(), unix_now());
-                }
-                Err(e.into())
+            Err(source) => {
+                // A QEMU that started is timed, failed ones too.
+                let ran_for = match &source {
+                    ProbeError::Exec(e) if !e.started() => None,
+                    _ => Some(started.elapsed()),
+                };
+                Err(RefreshError::Probe { source, ran_for })
             }
         }
     }
@@ -404,7 +414,8 @@ impl Handler for Emulators {
         if !s.exec_seconds.is_finite() || s.exec_seconds < 0.0 {
             return Err(CacheFileError::ExecSeconds);
         }
-        Entry::new(s.capabilities, s.fingerprint, s.exec_seconds).map_err(CacheFileError::Syntax)
+        Entry::new(s.capabilities, s.fingerprint, s.exec_seconds, Vec::new())
+            .map_err(CacheFileError::Syntax)
     }
 
     fn save_file(&self, key: &str, e: &Entry) -> Result<Vec<u8>, CacheFileError> {
@@ -453,7 +464,28 @@ fn side(e: &Entry) -> Side {
     }
 }
 
-impl cache::Observer<Entry> for Reporter {
+impl cache::Observer<Emulators> for Reporter {
+    fn refreshing(&self, key: &str) {
+        self.metrics.probe_started(key);
+    }
+    fn produced(&self, key: &str, data: &Entry) {
+        for took in &data.execs {
+            self.metrics.observe_exec(key, *took);
+        }
+        self.metrics.probe_succeeded(key, unix_now());
+    }
+    fn failed(&self, key: &str, error: &RefreshError) {
+        if let RefreshError::Probe {
+            ran_for: Some(took),
+            ..
+        } = error
+        {
+            self.metrics.observe_exec(key, *took);
+        }
+        if let Some(reason) = error.reason().filter(|r| r.counted()) {
+            self.metrics.probe_failed(key, reason, unix_now());
+        }
+    }
     fn hit(&self, key: &str, data: &Entry) {
         self.metrics.record_hit(key, data.exec_seconds);
     }

@@ -86,7 +86,6 @@ impl Agent {
             Host::new(&cfg.host_root.0),
             &specs,
             settings(&cfg),
-            Arc::clone(&metrics),
             probe_tag(&cfg.cache_dir),
         ));
         let store = Store::new(&cfg.cache_dir.0);

@@ -39,10 +39,10 @@ pub mod query;
 pub mod serve;
 
 use crate::agent::Agent;
-use crate::agent::emulators::Entry;
+use crate::agent::emulators::{Emulators, Entry};
 use crate::agent::render::{Part, Rendered};
 use crate::api::bodies::{ErrorBody, Health, Revalidating};
-use crate::cache::{Answer, Lookup, LookupError};
+use crate::cache::{Answer, Lookup, LookupError, LookupErrorOf};
 use crate::config::HttpLimits;
 use axum::Router;
 use axum::body::Body;
@@ -464,7 +464,7 @@ pub(crate) async fn lookup(ctx: &Ctx, name: &str) -> Result<Answer<Entry>, Respo
     answer.map_err(|e| lookup_error(ctx, name, &e))
 }
 
-fn lookup_error(ctx: &Ctx, name: &str, e: &LookupError) -> Response {
+fn lookup_error(ctx: &Ctx, name: &str, e: &LookupErrorOf<Emulators>) -> Response {
     let unavailable = |msg: String| json_error(StatusCode::SERVICE_UNAVAILABLE, &msg);
     match e {
         LookupError::Unknown => json_error(

@@ -12,17 +12,17 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// What a refresh ends with.
-pub(crate) type Outcome<D> = Result<Arc<D>, LookupError>;
+pub(crate) type Outcome<D, E> = Result<Arc<D>, LookupError<E>>;
 
 /// The published progress of one refresh.
-pub(crate) struct Progress<D> {
-    pub outcome: Option<Outcome<D>>,
+pub(crate) struct Progress<D, E> {
+    pub outcome: Option<Outcome<D, E>>,
     /// Outcome published and, on success, the cache file written (or its
     /// write failed and is left to the revalidator).
     pub settled: bool,
 }
 
-impl<D> Default for Progress<D> {
+impl<D, E> Default for Progress<D, E> {
     fn default() -> Self {
         Progress {
             outcome: None,
@@ -31,11 +31,11 @@ impl<D> Default for Progress<D> {
     }
 }
 
-pub(crate) type FlightRx<D> = watch::Receiver<Progress<D>>;
-pub(crate) type FlightTx<D> = watch::Sender<Progress<D>>;
+pub(crate) type FlightRx<D, E> = watch::Receiver<Progress<D, E>>;
+pub(crate) type FlightTx<D, E> = watch::Sender<Progress<D, E>>;
 
 /// The refresh of one key that is running now.
-pub(crate) struct Flight<D, S> {
+pub(crate) struct Flight<D, S, E> {
     /// Tells this flight from a later one of the same key (a change while
     /// it runs starts a new flight that supersedes it).
     pub id: u64,
@@ -43,11 +43,11 @@ pub(crate) struct Flight<D, S> {
     /// stamp may join it.
     pub stamp: S,
     pub reason: &'static str,
-    pub rx: FlightRx<D>,
+    pub rx: FlightRx<D, E>,
 }
 
-impl<D, S> Flight<D, S> {
-    pub fn new(id: u64, stamp: S, reason: &'static str) -> (Self, FlightTx<D>) {
+impl<D, S, E> Flight<D, S, E> {
+    pub fn new(id: u64, stamp: S, reason: &'static str) -> (Self, FlightTx<D, E>) {
         let (tx, rx) = watch::channel(Progress::default());
         (
             Flight {
@@ -67,7 +67,7 @@ impl<D, S> Flight<D, S> {
 }
 
 /// Waits for a flight's outcome.
-pub(crate) async fn outcome<D>(rx: &mut FlightRx<D>) -> Outcome<D> {
+pub(crate) async fn outcome<D, E>(rx: &mut FlightRx<D, E>) -> Outcome<D, E> {
     match rx.wait_for(|p| p.outcome.is_some()).await {
         Ok(p) => p.outcome.clone().unwrap_or(Err(LookupError::Cancelled)),
         Err(_) => Err(LookupError::Cancelled),
@@ -75,6 +75,6 @@ pub(crate) async fn outcome<D>(rx: &mut FlightRx<D>) -> Outcome<D> {
 }
 
 /// Waits until a flight has settled (outcome published, file written).
-pub(crate) async fn settled<D>(rx: &mut FlightRx<D>) {
+pub(crate) async fn settled<D, E>(rx: &mut FlightRx<D, E>) {
     let _ = rx.wait_for(|p| p.settled).await;
 }

@@ -58,20 +58,33 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Hooks for metrics and logs. Every method has a no-op default. They are
 /// called with no lock held unless their doc says otherwise.
-pub trait Observer<D>: Send + Sync {
+pub trait Observer<H: Handler>: Send + Sync {
     /// A lookup answered from a valid entry (called under the slot lock).
-    fn hit(&self, _key: &str, _data: &D) {}
+    fn hit(&self, _key: &str, _data: &H::Data) {}
     /// A lookup that needed a refresh, waited on one, or found no valid
     /// entry (called under the slot lock).
     fn miss(&self, _key: &str, _reason: &'static str) {}
     /// An entry found invalid, by a lookup or the revalidator (called under
     /// the slot lock).
     fn invalidated(&self, _key: &str, _reason: &'static str) {}
-    /// A refresh produced `new`, replacing `previous` (none for the first).
-    /// `reason` is why the refresh ran.
-    fn replaced(&self, _key: &str, _previous: Option<&D>, _new: &D, _reason: &'static str) {}
-    /// A refresh failed.
-    fn failed(&self, _key: &str, _error: &str) {}
+    /// A refresh begins: [`Handler::new_data`] runs now (it had to wait for
+    /// a permit).
+    fn refreshing(&self, _key: &str) {}
+    /// A refresh produced `data` (whether or not a later one superseded
+    /// it).
+    fn produced(&self, _key: &str, _data: &H::Data) {}
+    /// A refresh failed (not one stopped by shutdown).
+    fn failed(&self, _key: &str, _error: &H::Error) {}
+    /// A refresh's data replaced `previous` (none for the first) as the
+    /// key's current data. `reason` is why the refresh ran.
+    fn replaced(
+        &self,
+        _key: &str,
+        _previous: Option<&H::Data>,
+        _new: &H::Data,
+        _reason: &'static str,
+    ) {
+    }
     /// A pass of `Cache::revalidate_all`.
     fn revalidation(&self) {}
     /// A key was added (config load or reload).
@@ -85,4 +98,4 @@ pub trait Observer<D>: Send + Sync {
 
 /// An observer that does nothing.
 pub struct NoObserver;
-impl<D> Observer<D> for NoObserver {}
+impl<H: Handler> Observer<H> for NoObserver {}

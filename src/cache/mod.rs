@@ -66,20 +66,20 @@ pub struct Answer<D> {
 }
 
 /// What [`Cache::begin`] found.
-pub enum Lookup<D> {
+pub enum Lookup<D, E> {
     /// Answered now (a hit, or stale data while backing off).
     Ready(Answer<D>),
     /// A refresh is under way; its outcome will answer.
-    Waiting(Waiter<D>),
+    Waiting(Waiter<D, E>),
 }
 
 /// A lookup waiting on a refresh.
-pub struct Waiter<D> {
-    rx: FlightRx<D>,
+pub struct Waiter<D, E> {
+    rx: FlightRx<D, E>,
 }
 
-impl<D> Waiter<D> {
-    pub async fn wait(mut self) -> Result<Answer<D>, LookupError> {
+impl<D, E> Waiter<D, E> {
+    pub async fn wait(mut self) -> Result<Answer<D>, LookupError<E>> {
         flight::outcome(&mut self.rx).await.map(|data| Answer {
             data,
             hit: false,
@@ -88,8 +88,10 @@ impl<D> Waiter<D> {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum LookupError {
+/// Why a lookup has no answer. `E` is the handler's error: a failed
+/// refresh's own error, typed (its reason is never re-parsed from text).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LookupError<E> {
     #[error("unknown key")]
     Unknown,
     #[error("source missing")]
@@ -97,12 +99,27 @@ pub enum LookupError {
     #[error("{0}")]
     Inaccessible(Arc<str>),
     #[error("{0}")]
-    Failed(Arc<str>),
+    Failed(Arc<E>),
     #[error("shutting down")]
     Cancelled,
 }
 
-impl From<Absent> for LookupError {
+impl<E> Clone for LookupError<E> {
+    fn clone(&self) -> Self {
+        match self {
+            LookupError::Unknown => LookupError::Unknown,
+            LookupError::Missing => LookupError::Missing,
+            LookupError::Inaccessible(w) => LookupError::Inaccessible(Arc::clone(w)),
+            LookupError::Failed(e) => LookupError::Failed(Arc::clone(e)),
+            LookupError::Cancelled => LookupError::Cancelled,
+        }
+    }
+}
+
+/// The lookup error of a handler's cache.
+pub type LookupErrorOf<H> = LookupError<<H as Handler>::Error>;
+
+impl<E> From<Absent> for LookupError<E> {
     fn from(a: Absent) -> Self {
         match a {
             Absent::Missing => LookupError::Missing,
@@ -117,7 +134,9 @@ pub struct Status<D> {
     pub key: String,
     pub state: State,
     pub data: Option<Arc<D>>,
-    pub error: Option<Arc<str>>,
+    /// Why the key has no current data: the last refresh's error, or why
+    /// the source cannot be examined.
+    pub error: Option<String>,
     /// `data` is the last good data, and the latest refresh failed (or the
     /// source cannot be examined now).
     pub stale: bool,
@@ -149,16 +168,27 @@ impl Backoff {
     }
 }
 
+/// How a refresh ended without data.
+enum Produce<E> {
+    /// The handler's own error.
+    Failed(E),
+    /// Stopped by shutdown before or while it ran.
+    ShuttingDown,
+}
+
 /// How long a cancelled refresh may take to stop by itself.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
-type SlotOf<H> = Slot<<H as Handler>::Data, <H as Handler>::Stamp>;
+type SlotOf<H> = Slot<<H as Handler>::Data, <H as Handler>::Stamp, <H as Handler>::Error>;
+type RxOf<H> = FlightRx<<H as Handler>::Data, <H as Handler>::Error>;
 
 /// What one step of the decision did to a slot, for the caller to report.
-enum Step<D> {
-    Hit(Arc<D>),
-    Wait(FlightRx<D>, &'static str),
-    BackingOff(Option<Arc<D>>, Arc<str>),
+enum Step<H: Handler> {
+    Hit(Arc<H::Data>),
+    Wait(RxOf<H>, &'static str),
+    /// Same source, still backing off: the last good data if any, and the
+    /// failure (none only in states the decision rules out).
+    BackingOff(Option<Arc<H::Data>>, Option<Arc<H::Error>>),
     Absent(Absent),
 }
 
@@ -170,7 +200,7 @@ pub struct Cache<H: Handler> {
     slots: Mutex<HashMap<String, SlotOf<H>>>,
     /// Bounds concurrent refreshes across all keys.
     permits: Arc<Semaphore>,
-    observer: Arc<dyn Observer<H::Data>>,
+    observer: Arc<dyn Observer<H>>,
     backoff: Backoff,
     /// Ids of flights, so a superseded one knows it is.
     next_flight: AtomicU64,
@@ -185,7 +215,7 @@ impl<H: Handler> Cache<H> {
         store: Store,
         concurrency: usize,
         backoff: Backoff,
-        observer: Arc<dyn Observer<H::Data>>,
+        observer: Arc<dyn Observer<H>>,
     ) -> Arc<Self> {
         Arc::new(Cache {
             handler,
@@ -310,7 +340,7 @@ impl<H: Handler> Cache<H> {
 
     /// Answers `key`: from memory when its stamp still matches (a hit),
     /// otherwise after one refresh shared with every concurrent caller.
-    pub async fn lookup(self: &Arc<Self>, key: &str) -> Result<Answer<H::Data>, LookupError> {
+    pub async fn lookup(self: &Arc<Self>, key: &str) -> Result<Answer<H::Data>, LookupErrorOf<H>> {
         match self.begin(key)? {
             Lookup::Ready(a) => Ok(a),
             Lookup::Waiting(w) => w.wait().await,
@@ -320,7 +350,11 @@ impl<H: Handler> Cache<H> {
     /// The synchronous half of [`Cache::lookup`]: the answer when there is
     /// one now (no timer, no await on the hot path), or the refresh to wait
     /// for (so a caller can bound the wait).
-    pub fn begin(self: &Arc<Self>, key: &str) -> Result<Lookup<H::Data>, LookupError> {
+    #[allow(clippy::type_complexity)]
+    pub fn begin(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> Result<Lookup<H::Data, H::Error>, LookupErrorOf<H>> {
         // Stat before taking the lock: no I/O under it.
         let now = self.handler.stamp(key);
         let mut slots = self.lock();
@@ -342,13 +376,14 @@ impl<H: Handler> Cache<H> {
                 // Same source, still backing off: no new exec, and no valid
                 // entry either.
                 self.observer.miss(key, "failed");
-                match data {
-                    Some(data) => Ok(Lookup::Ready(Answer {
+                match (data, error) {
+                    (Some(data), _) => Ok(Lookup::Ready(Answer {
                         data,
                         hit: false,
                         stale: true,
                     })),
-                    None => Err(LookupError::Failed(error)),
+                    (None, Some(error)) => Err(LookupError::Failed(error)),
+                    (None, None) => Err(LookupError::Cancelled),
                 }
             }
             Step::Absent(a) => {
@@ -367,7 +402,7 @@ impl<H: Handler> Cache<H> {
         key: &str,
         slot: &mut SlotOf<H>,
         now: Result<H::Stamp, Absent>,
-    ) -> Step<H::Data> {
+    ) -> Step<H> {
         let verdict = self.classify(slot, now.as_ref(), false);
         let now = match self.note_absence(key, slot, verdict, now) {
             Ok(now) => now,
@@ -380,20 +415,17 @@ impl<H: Handler> Cache<H> {
                 }
                 match &slot.data {
                     Some(d) => Step::Hit(Arc::clone(d)),
-                    None => Step::BackingOff(None, Arc::from("no data")),
+                    None => Step::BackingOff(None, None),
                 }
             }
             Verdict::Join => match &slot.flight {
                 Some(f) => Step::Wait(f.rx.clone(), f.reason),
-                None => Step::BackingOff(slot.data.clone(), Arc::from("no refresh")),
+                None => Step::BackingOff(slot.data.clone(), None),
             },
-            Verdict::BackingOff => {
-                let error = slot
-                    .failure
-                    .as_ref()
-                    .map_or_else(|| Arc::from("failed"), |f| Arc::clone(&f.error));
-                Step::BackingOff(slot.data.clone(), error)
-            }
+            Verdict::BackingOff => Step::BackingOff(
+                slot.data.clone(),
+                slot.failure.as_ref().map(|f| Arc::clone(&f.error)),
+            ),
             Verdict::Refresh {
                 reason,
                 invalidated,
@@ -403,7 +435,7 @@ impl<H: Handler> Cache<H> {
                 }
                 Step::Wait(self.start_flight(key, slot, now, reason), reason)
             }
-            Verdict::Absent { .. } => Step::BackingOff(slot.data.clone(), Arc::from("absent")),
+            Verdict::Absent { .. } => Step::BackingOff(slot.data.clone(), None),
         }
     }
 
@@ -459,7 +491,7 @@ impl<H: Handler> Cache<H> {
         slot: &mut SlotOf<H>,
         stamp: H::Stamp,
         reason: &'static str,
-    ) -> FlightRx<H::Data> {
+    ) -> RxOf<H> {
         let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
         let (flight, tx) = Flight::new(id, stamp.clone(), reason);
         let rx = flight.rx.clone();
@@ -482,12 +514,12 @@ impl<H: Handler> Cache<H> {
         id: u64,
         stamp: H::Stamp,
         reason: &'static str,
-        tx: FlightTx<H::Data>,
+        tx: FlightTx<H::Data, H::Error>,
     ) {
         let result = self.produce(&key, stamp.clone()).await;
         let mut previous = None;
         let mut current = false;
-        let outcome: Outcome<H::Data> = {
+        let outcome: Outcome<H::Data, H::Error> = {
             let mut slots = self.lock();
             match slots.get_mut(&key) {
                 None => Err(LookupError::Unknown),
@@ -498,10 +530,11 @@ impl<H: Handler> Cache<H> {
                         self.observer.changed(&key);
                     }
                     match result {
-                        Err(e) if self.cancel.is_cancelled() => {
+                        Err(Produce::Failed(e)) if self.cancel.is_cancelled() => {
                             tracing::debug!(key, error = %e, "refresh cancelled");
                             Err(LookupError::Cancelled)
                         }
+                        Err(Produce::ShuttingDown) => Err(LookupError::Cancelled),
                         Ok(data) => {
                             let data = Arc::new(data);
                             if current {
@@ -511,7 +544,8 @@ impl<H: Handler> Cache<H> {
                             }
                             Ok(data)
                         }
-                        Err(error) => {
+                        Err(Produce::Failed(error)) => {
+                            let error = Arc::new(error);
                             if current {
                                 self.record_failure(&key, slot, stamp, &error);
                             }
@@ -525,10 +559,15 @@ impl<H: Handler> Cache<H> {
         // data also finds its change; waiters then get the answer before
         // the file's two fsyncs.
         match &outcome {
-            Ok(data) if current => self
-                .observer
-                .replaced(&key, previous.as_deref(), data, reason),
-            Ok(_) => tracing::debug!(key, "superseded refresh ended; its data is not kept"),
+            Ok(data) => {
+                self.observer.produced(&key, data);
+                if current {
+                    self.observer
+                        .replaced(&key, previous.as_deref(), data, reason);
+                } else {
+                    tracing::debug!(key, "superseded refresh ended; its data is not kept");
+                }
+            }
             Err(LookupError::Failed(e)) => self.observer.failed(&key, e),
             Err(_) => {}
         }
@@ -541,16 +580,17 @@ impl<H: Handler> Cache<H> {
 
     /// Runs the handler under a permit; at shutdown gives it a moment to
     /// stop cleanly (kill and reap) before the future is dropped.
-    async fn produce(&self, key: &str, stamp: H::Stamp) -> Result<H::Data, Arc<str>> {
+    async fn produce(&self, key: &str, stamp: H::Stamp) -> Result<H::Data, Produce<H::Error>> {
         let work = async {
             let _permit = Arc::clone(&self.permits)
                 .acquire_owned()
                 .await
-                .map_err(|_| Arc::<str>::from("shutting down"))?;
+                .map_err(|_| Produce::ShuttingDown)?;
+            self.observer.refreshing(key);
             self.handler
                 .new_data(key, stamp, self.cancel.child_token())
                 .await
-                .map_err(|e| Arc::<str>::from(e.to_string()))
+                .map_err(Produce::Failed)
         };
         tokio::pin!(work);
         tokio::select! {
@@ -558,12 +598,18 @@ impl<H: Handler> Cache<H> {
             () = self.cancel.cancelled() => {
                 tokio::time::timeout(CANCEL_GRACE, &mut work)
                     .await
-                    .unwrap_or_else(|_| Err(Arc::from("shutting down")))
+                    .unwrap_or(Err(Produce::ShuttingDown))
             }
         }
     }
 
-    fn record_failure(&self, key: &str, slot: &mut SlotOf<H>, stamp: H::Stamp, error: &Arc<str>) {
+    fn record_failure(
+        &self,
+        key: &str,
+        slot: &mut SlotOf<H>,
+        stamp: H::Stamp,
+        error: &Arc<H::Error>,
+    ) {
         // Retries of the same source back off further; a changed source
         // starts over.
         let attempts = match &slot.failure {
@@ -635,7 +681,7 @@ impl<H: Handler> Cache<H> {
         self: &Arc<Self>,
         key: &str,
         min_interval: Duration,
-    ) -> Result<Forced, LookupError> {
+    ) -> Result<Forced, LookupErrorOf<H>> {
         let now = self.handler.stamp(key);
         let mut slots = self.lock();
         let slot = slots.get_mut(key).ok_or(LookupError::Unknown)?;
@@ -748,7 +794,7 @@ impl<H: Handler> Cache<H> {
     }
 }
 
-fn slot_state<D, S>(s: &Slot<D, S>) -> State {
+fn slot_state<D, S, E>(s: &Slot<D, S, E>) -> State {
     if s.flight.is_some() {
         State::Probing
     } else {
@@ -762,10 +808,10 @@ fn slot_state<D, S>(s: &Slot<D, S>) -> State {
     }
 }
 
-fn status_of<D, S>(key: &str, s: &Slot<D, S>) -> Status<D> {
+fn status_of<D, S, E: std::fmt::Display>(key: &str, s: &Slot<D, S, E>) -> Status<D> {
     let error = match &s.absent {
-        Some(Absent::Inaccessible(why)) => Some(Arc::clone(why)),
-        _ => s.failure.as_ref().map(|f| Arc::clone(&f.error)),
+        Some(Absent::Inaccessible(why)) => Some(why.to_string()),
+        _ => s.failure.as_ref().map(|f| f.error.to_string()),
     };
     Status {
         key: key.to_owned(),

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 
 /// The last refresh failed.
 #[derive(Debug)]
-pub(crate) struct Failure<S> {
-    pub error: Arc<str>,
+pub(crate) struct Failure<S, E> {
+    pub error: Arc<E>,
     /// The stamp the failing refresh ran under: while the source still looks
     /// like this, nothing retries before `retry_at`.
     pub stamp: S,
@@ -24,12 +24,12 @@ pub(crate) struct Failure<S> {
 }
 
 /// The state of one key. Guarded by the cache's slot lock.
-pub(crate) struct Slot<D, S> {
+pub(crate) struct Slot<D, S, E> {
     /// The last good data (stale when it does not match the source).
     pub data: Option<Arc<D>>,
     /// The refresh in flight, if any.
-    pub flight: Option<Flight<D, S>>,
-    pub failure: Option<Failure<S>>,
+    pub flight: Option<Flight<D, S, E>>,
+    pub failure: Option<Failure<S, E>>,
     /// Set while the source has no stamp (gone or unreadable).
     pub absent: Option<Absent>,
     /// The last write of `data` to disk failed; the revalidator retries it.
@@ -38,7 +38,7 @@ pub(crate) struct Slot<D, S> {
     pub last_forced: Option<Instant>,
     /// The progress of the latest refresh, kept after it leaves `flight`
     /// (once its data is in memory) until it has written its file.
-    pub latest: Option<FlightRx<D>>,
+    pub latest: Option<FlightRx<D, E>>,
     /// Held across each write of this key's file, so writes happen one at
     /// a time and each writes the data current when it starts: the newest
     /// data is always the last written.
@@ -65,7 +65,7 @@ pub(crate) enum Verdict {
     },
 }
 
-impl<D, S: PartialEq> Slot<D, S> {
+impl<D, S: PartialEq, E> Slot<D, S, E> {
     pub fn new() -> Self {
         Slot {
             data: None,
@@ -149,7 +149,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    type TestSlot = Slot<u64, u64>;
+    type TestSlot = Slot<u64, u64, String>;
 
     /// A slot with data made under `data`, a failure under `failed`
     /// (stamp, seconds until its retry, negative when past), a flight under
@@ -164,7 +164,7 @@ mod tests {
         let failure = failed.map(|(stamp, retry_in)| {
             let d = Duration::from_secs(retry_in.unsigned_abs());
             Failure {
-                error: Arc::from("boom"),
+                error: Arc::new("boom".to_owned()),
                 stamp,
                 attempts: 1,
                 retry_at: if retry_in >= 0 { base + d } else { base - d },

@@ -101,7 +101,7 @@ impl Counts {
     }
 }
 
-impl Observer<(u64, String)> for Counts {
+impl Observer<Fake> for Counts {
     fn hit(&self, _: &str, _: &(u64, String)) {
         self.bump("hit".into());
     }
@@ -142,7 +142,7 @@ fn observed_cache_in(
         Store::new(dir),
         2,
         BACKOFF,
-        Arc::clone(&counts) as Arc<dyn Observer<(u64, String)>>,
+        Arc::clone(&counts) as Arc<dyn Observer<Fake>>,
     );
     c.set_keys(&keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>());
     (c, fake, counts)
@@ -152,7 +152,7 @@ fn observed_cache_in(
 fn spawn_lookup(
     c: &Arc<Cache<Fake>>,
     key: &'static str,
-) -> tokio::task::JoinHandle<Result<String, LookupError>> {
+) -> tokio::task::JoinHandle<Result<String, LookupError<String>>> {
     let c = Arc::clone(c);
     tokio::spawn(async move { c.lookup(key).await.map(|a| a.data.1.clone()) })
 }
@@ -252,7 +252,10 @@ async fn failures_back_off_and_keep_the_last_good_data() {
     fake.fail.store(true, Ordering::SeqCst);
     fake.set("a", Some(2));
     let e = c.lookup("a").await.unwrap_err();
-    assert_eq!(e, LookupError::Failed(Arc::from("a: probe failed")));
+    assert_eq!(
+        e,
+        LookupError::Failed(Arc::new("a: probe failed".to_owned()))
+    );
     // Within the backoff, lookups and passes cause no refresh: stale data.
     for _ in 0..100 {
         let a = c.lookup("a").await.unwrap();

@@ -332,7 +332,6 @@ fn handler(path: &Path) -> qcapsd::agent::emulators::Emulators {
             Vec::new(),
             Vec::new(),
         ),
-        std::sync::Arc::new(qcapsd::agent::metrics::Metrics::register().unwrap()),
         "test".into(),
     )
 }
