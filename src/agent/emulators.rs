@@ -19,7 +19,7 @@ use crate::qemu::exec::{Accel, ExecCounter, FailureReason};
 use crate::qemu::fingerprint::{Fingerprint, Host, HostContext};
 use crate::qemu::probe::{ProbeError, ProbeRequest, probe};
 use crate::support::digest::Fnv64;
-use crate::verdicts::changes::{self, Change, Side};
+use crate::verdicts::changes::{Change, Side};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -454,14 +454,10 @@ pub struct Reporter {
 }
 
 /// The side of a change an entry stands for.
-fn side(e: &Entry) -> Side {
+fn side(e: &Entry) -> (&Capabilities, Side) {
     let b = &e.fingerprint.binary;
-    Side {
-        version: e.caps.qemu.as_ref().map(|q| q.version.clone()),
-        accel: e.caps.accel.clone(),
-        probed_at: e.caps.probe.started_at.clone(),
-        binary: format!("ino {} size {} mtime_ns {}", b.ino, b.size, b.mtime_ns),
-    }
+    let binary = format!("ino {} size {} mtime_ns {}", b.ino, b.size, b.mtime_ns);
+    (&e.caps, Side::of(&e.caps, binary))
 }
 
 impl cache::Observer<Emulators> for Reporter {
@@ -501,20 +497,9 @@ impl cache::Observer<Emulators> for Reporter {
     /// re-probe that found everything as it was.
     fn replaced(&self, key: &str, previous: Option<&Entry>, new: &Entry, reason: &'static str) {
         let Some(previous) = previous else { return };
-        let items = changes::diff(&previous.caps, &new.caps);
-        if items.is_empty() {
-            return;
-        }
         let now = SystemTime::now();
-        let change = Change {
-            emulator: key.to_owned(),
-            at: crate::support::timefmt::rfc3339(now),
-            reason: reason.to_owned(),
-            breaking: items.iter().any(|i| i.breaking),
-            summary: changes::summarize(key, reason, &items),
-            before: side(previous),
-            after: side(new),
-            items,
+        let Some(change) = Change::new(key, reason, now, side(previous), side(new)) else {
+            return;
         };
         if change.breaking {
             tracing::warn!(emulator = key, reason, summary = %change.summary, "capabilities lost");

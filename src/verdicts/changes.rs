@@ -11,103 +11,45 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The kinds of change, a fixed set (the `kind` label of
-/// `qcapsd_capability_changes_total`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    VersionChanged,
-    PackageChanged,
-    AccelChanged,
-    KvmChanged,
-    MachineAdded,
-    MachineRemoved,
-    MachineDefaultChanged,
-    MachineAliasMoved,
-    MachineAliasRemoved,
-    MachineCpuMaxChanged,
-    MachineBecameDeprecated,
-    CpuModelAdded,
-    CpuModelRemoved,
-    CpuModelBecameUsable,
-    CpuModelBecameUnusable,
-    CpuModelBlockersChanged,
-    CpuModelBecameDeprecated,
-    DeviceAdded,
-    DeviceRemoved,
-    DevicePropertyAdded,
-    DevicePropertyRemoved,
-    DevicePropertyTypeChanged,
-    DevicePropertyDefaultChanged,
-    CommandAdded,
-    CommandRemoved,
+crate::support::labelled! {
+    /// The kinds of change, a fixed set (the `kind` label of
+    /// `qcapsd_capability_changes_total`).
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+    )]
+    pub enum Kind {
+        VersionChanged = "version_changed",
+        PackageChanged = "package_changed",
+        AccelChanged = "accel_changed",
+        KvmChanged = "kvm_changed",
+        MachineAdded = "machine_added",
+        MachineRemoved = "machine_removed",
+        MachineDefaultChanged = "machine_default_changed",
+        MachineAliasMoved = "machine_alias_moved",
+        MachineAliasRemoved = "machine_alias_removed",
+        MachineCpuMaxChanged = "machine_cpu_max_changed",
+        MachineBecameDeprecated = "machine_became_deprecated",
+        CpuModelAdded = "cpu_model_added",
+        CpuModelRemoved = "cpu_model_removed",
+        CpuModelBecameUsable = "cpu_model_became_usable",
+        CpuModelBecameUnusable = "cpu_model_became_unusable",
+        CpuModelBlockersChanged = "cpu_model_blockers_changed",
+        CpuModelBecameDeprecated = "cpu_model_became_deprecated",
+        DeviceAdded = "device_added",
+        DeviceRemoved = "device_removed",
+        DevicePropertyAdded = "device_property_added",
+        DevicePropertyRemoved = "device_property_removed",
+        DevicePropertyTypeChanged = "device_property_type_changed",
+        DevicePropertyDefaultChanged = "device_property_default_changed",
+        CommandAdded = "command_added",
+        CommandRemoved = "command_removed",
+    }
 }
 
 impl Kind {
-    /// Every kind, in order.
-    pub const ALL: &[Kind] = &[
-        Kind::VersionChanged,
-        Kind::PackageChanged,
-        Kind::AccelChanged,
-        Kind::KvmChanged,
-        Kind::MachineAdded,
-        Kind::MachineRemoved,
-        Kind::MachineDefaultChanged,
-        Kind::MachineAliasMoved,
-        Kind::MachineAliasRemoved,
-        Kind::MachineCpuMaxChanged,
-        Kind::MachineBecameDeprecated,
-        Kind::CpuModelAdded,
-        Kind::CpuModelRemoved,
-        Kind::CpuModelBecameUsable,
-        Kind::CpuModelBecameUnusable,
-        Kind::CpuModelBlockersChanged,
-        Kind::CpuModelBecameDeprecated,
-        Kind::DeviceAdded,
-        Kind::DeviceRemoved,
-        Kind::DevicePropertyAdded,
-        Kind::DevicePropertyRemoved,
-        Kind::DevicePropertyTypeChanged,
-        Kind::DevicePropertyDefaultChanged,
-        Kind::CommandAdded,
-        Kind::CommandRemoved,
-    ];
-
-    /// The label value (`machine_removed`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::VersionChanged => "version_changed",
-            Kind::PackageChanged => "package_changed",
-            Kind::AccelChanged => "accel_changed",
-            Kind::KvmChanged => "kvm_changed",
-            Kind::MachineAdded => "machine_added",
-            Kind::MachineRemoved => "machine_removed",
-            Kind::MachineDefaultChanged => "machine_default_changed",
-            Kind::MachineAliasMoved => "machine_alias_moved",
-            Kind::MachineAliasRemoved => "machine_alias_removed",
-            Kind::MachineCpuMaxChanged => "machine_cpu_max_changed",
-            Kind::MachineBecameDeprecated => "machine_became_deprecated",
-            Kind::CpuModelAdded => "cpu_model_added",
-            Kind::CpuModelRemoved => "cpu_model_removed",
-            Kind::CpuModelBecameUsable => "cpu_model_became_usable",
-            Kind::CpuModelBecameUnusable => "cpu_model_became_unusable",
-            Kind::CpuModelBlockersChanged => "cpu_model_blockers_changed",
-            Kind::CpuModelBecameDeprecated => "cpu_model_became_deprecated",
-            Kind::DeviceAdded => "device_added",
-            Kind::DeviceRemoved => "device_removed",
-            Kind::DevicePropertyAdded => "device_property_added",
-            Kind::DevicePropertyRemoved => "device_property_removed",
-            Kind::DevicePropertyTypeChanged => "device_property_type_changed",
-            Kind::DevicePropertyDefaultChanged => "device_property_default_changed",
-            Kind::CommandAdded => "command_added",
-            Kind::CommandRemoved => "command_removed",
-        }
-    }
-
     /// How a group of items of this kind reads in a summary: ("device",
-    /// "removed") → "2 devices removed".
+    /// "removed") → "2 devices removed". (A match, so a new kind cannot
+    /// compile without its wording.)
     fn phrase(self) -> (&'static str, &'static str) {
         match self {
             Kind::VersionChanged => ("version", "changed"),
@@ -186,6 +128,47 @@ pub struct Change {
     pub after: Side,
     /// Every item, grouped by kind.
     pub items: Vec<Item>,
+}
+
+impl Side {
+    /// The side a document stands for; `binary` describes the file it
+    /// was probed from.
+    pub fn of(caps: &Capabilities, binary: String) -> Side {
+        Side {
+            version: caps.qemu.as_ref().map(|q| q.version.clone()),
+            accel: caps.accel.clone(),
+            probed_at: caps.probe.started_at.clone(),
+            binary,
+        }
+    }
+}
+
+impl Change {
+    /// The change a re-probe of `emulator` (run for `reason`) found at
+    /// `at`, from `before` to `after`: `None` when nothing a caller can
+    /// see changed.
+    pub fn new(
+        emulator: &str,
+        reason: &str,
+        at: std::time::SystemTime,
+        (old, before): (&Capabilities, Side),
+        (new, after): (&Capabilities, Side),
+    ) -> Option<Change> {
+        let items = diff(old, new);
+        if items.is_empty() {
+            return None;
+        }
+        Some(Change {
+            emulator: emulator.to_owned(),
+            at: crate::support::timefmt::rfc3339(at),
+            reason: reason.to_owned(),
+            breaking: items.iter().any(|i| i.breaking),
+            summary: summarize(emulator, reason, &items),
+            before,
+            after,
+            items,
+        })
+    }
 }
 
 fn item(kind: Kind, name: impl Into<String>, detail: Option<String>, breaking: bool) -> Item {
