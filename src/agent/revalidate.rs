@@ -41,52 +41,73 @@ pub fn watch(dirs: &[PathBuf], wake: mpsc::Sender<()>) -> Option<notify::Recomme
     Some(w)
 }
 
-/// Starts the agent (disk cache, start-up probes), then runs passes until
-/// `shutdown`. The watches are in place before start-up, so a change made
-/// while it runs is not missed. `reloaded` tells it the config changed (new
-/// directories to watch, maybe a new interval).
-pub async fn run(agent: Arc<Agent>, mut reloaded: mpsc::Receiver<()>, shutdown: CancellationToken) {
-    let (wake_tx, mut wake) = mpsc::channel(64);
-    let mut dirs = agent.watch_dirs();
-    let mut _watcher = watch(&dirs, wake_tx.clone());
-    tokio::select! {
-        () = agent.start() => {}
-        () = shutdown.cancelled() => return,
+/// The revalidator: its watches and the wake-ups they send.
+pub struct Revalidator {
+    wake_tx: mpsc::Sender<()>,
+    wake: mpsc::Receiver<()>,
+    dirs: Vec<PathBuf>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Revalidator {
+    /// Installs the watches on `agent`'s directories. Do this before the
+    /// agent's start-up pass, so a change made while it runs is not missed.
+    pub fn watching(agent: &Agent) -> Revalidator {
+        let (wake_tx, wake) = mpsc::channel(64);
+        let dirs = agent.watch_dirs();
+        let watcher = watch(&dirs, wake_tx.clone());
+        Revalidator {
+            wake_tx,
+            wake,
+            dirs,
+            _watcher: watcher,
+        }
     }
-    loop {
-        let interval = *agent.config().revalidate_interval;
-        // Never sooner than MIN_PASS_GAP: whatever the retry times say, the
-        // revalidator cannot spin.
-        let retry = agent
-            .cache
-            .next_retry()
-            .map(|t| t.max(tokio::time::Instant::now() + MIN_PASS_GAP));
-        let retry_sleep = async {
-            match retry {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-            () = retry_sleep => {}
-            Some(()) = wake.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                while wake.try_recv().is_ok() {}
-            }
-            Some(()) = reloaded.recv() => {
-                let now = agent.watch_dirs();
-                if now != dirs {
-                    dirs = now;
-                    _watcher = watch(&dirs, wake_tx.clone());
+
+    /// Runs passes until `shutdown`: on the timer, an inotify event, a
+    /// failed emulator's retry time, or `reloaded` (the config changed: new
+    /// directories to watch, maybe a new interval).
+    pub async fn run(
+        mut self,
+        agent: Arc<Agent>,
+        mut reloaded: mpsc::Receiver<()>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let interval = *agent.config().revalidate_interval;
+            // Never sooner than MIN_PASS_GAP: whatever the retry times say,
+            // the revalidator cannot spin.
+            let retry = agent
+                .cache
+                .next_retry()
+                .map(|t| t.max(tokio::time::Instant::now() + MIN_PASS_GAP));
+            let retry_sleep = async {
+                match retry {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+                () = retry_sleep => {}
+                Some(()) = self.wake.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while self.wake.try_recv().is_ok() {}
+                }
+                Some(()) = reloaded.recv() => {
+                    let now = agent.watch_dirs();
+                    if now != self.dirs {
+                        self.dirs = now;
+                        self._watcher = watch(&self.dirs, self.wake_tx.clone());
+                    }
                 }
             }
-        }
-        agent.cache.handler().refresh_host_context();
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = agent.cache.revalidate_all() => {}
+            agent.cache.handler().refresh_host_context();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = agent.cache.revalidate_all() => {}
+            }
         }
     }
 }

@@ -8,7 +8,7 @@
 
 pub mod notify;
 
-use crate::agent::revalidate;
+use crate::agent::revalidate::Revalidator;
 use crate::agent::{Agent, AgentError};
 use crate::api::client::Target;
 use crate::api::{self, Ctx, Listener};
@@ -189,7 +189,15 @@ pub async fn serve(
     let background = {
         let agent = Arc::clone(&agent);
         let stop = shutdown.clone();
-        tokio::spawn(async move { revalidate::run(agent, revalidate_rx, stop).await })
+        // Watches first, so a change made during start-up is not missed.
+        let revalidator = Revalidator::watching(&agent);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = agent.start() => {}
+                () = stop.cancelled() => return,
+            }
+            revalidator.run(agent, revalidate_rx, stop).await
+        })
     };
     let notifier = Notifier::from_env();
     if notifier.enabled() {
