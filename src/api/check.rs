@@ -3,8 +3,9 @@
 //! emulator), then the emulator's entry is looked up like on every other
 //! route and [`crate::verdicts::check::check`] gives the verdict.
 
+use super::Ctx;
 use super::query::{self, QueryError};
-use super::{Ctx, bad_query, json_error, json_value, lookup, printable};
+use super::respond::{bad_query, json_error, json_value, lookup, printable};
 use crate::cache::State as KeyState;
 use crate::qemu::Accel;
 use crate::verdicts::check::{self, CheckRequest};

@@ -511,8 +511,9 @@ mod tests {
         for part in router.split(".route(").skip(1) {
             let path = part.split('"').nth(1).unwrap().to_owned();
             for method in ["get", "post"] {
+                // `part_route(…)`, `device_route()`: GET routes.
                 if part.contains(&format!("{method}("))
-                    || (method == "get" && part.contains("part_route("))
+                    || (method == "get" && part.contains("_route("))
                 {
                     routed.push((method.to_owned(), path.clone()));
                 }

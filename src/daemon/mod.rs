@@ -159,7 +159,7 @@ pub async fn serve(
         .ok();
     let ctx = Ctx::new(Arc::clone(&agent), shutdown.clone());
     let limits = cfg.http.clone();
-    let app = api::router(ctx.clone(), &limits);
+    let app = api::router(ctx.clone());
     let mut listeners = Vec::new();
     if let Some(addr) = cfg.listen {
         let l = bind_tcp(addr).await?;
