@@ -23,6 +23,27 @@ struct HistoryFile {
     changes: Vec<Change>,
 }
 
+/// Why a history file is discarded.
+#[derive(Debug, thiserror::Error)]
+enum HistoryFileError {
+    #[error("not a history file: {0}")]
+    Syntax(#[from] serde_json::Error),
+    #[error("written as {format} for '{emulator}'")]
+    Foreign { format: String, emulator: String },
+}
+
+/// `key`'s history file from its bytes.
+fn parse_file(key: &str, bytes: &[u8]) -> Result<HistoryFile, HistoryFileError> {
+    let f: HistoryFile = serde_json::from_slice(bytes)?;
+    if f.format != FILE_FORMAT || f.emulator != key {
+        return Err(HistoryFileError::Foreign {
+            format: f.format,
+            emulator: f.emulator,
+        });
+    }
+    Ok(f)
+}
+
 pub struct History {
     store: Store,
     /// Changes kept per emulator; set on reload.
@@ -76,16 +97,7 @@ impl History {
                 return;
             }
         };
-        let parsed: Result<HistoryFile, String> = serde_json::from_slice::<HistoryFile>(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                if f.format != FILE_FORMAT || f.emulator != key {
-                    Err(format!("written as {} for '{}'", f.format, f.emulator))
-                } else {
-                    Ok(f)
-                }
-            });
-        match parsed {
+        match parse_file(key, &bytes) {
             Ok(f) => {
                 let mut v: VecDeque<Change> = f.changes.into();
                 v.truncate(self.limit());

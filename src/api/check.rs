@@ -127,82 +127,153 @@ fn checked_name(key: &'static str, v: &str) -> Result<String, QueryError> {
     }
 }
 
-/// The configured emulator a target names, or the error to answer.
-fn resolve(ctx: &Ctx, target: &Target) -> Result<String, (StatusCode, String)> {
-    let statuses = ctx.agent.cache.statuses();
-    let names = || {
-        statuses
-            .iter()
-            .map(|s| s.key.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match target {
-        Target::Name(n) => Ok(n.clone()),
-        Target::Only => match statuses.as_slice() {
-            [only] => Ok(only.key.clone()),
-            _ => Err((
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "name the emulator (emulator=) or its architecture (arch=); configured: {}",
-                    names()
-                ),
-            )),
-        },
-        Target::Arch(arch) => {
-            let arch_of = |s: &crate::cache::Status<crate::agent::emulators::Entry>| {
-                s.data.as_ref().and_then(|d| d.caps.arch.clone())
-            };
-            let matching: Vec<&str> = statuses
-                .iter()
-                .filter(|s| arch_of(s).as_deref() == Some(arch.as_str()))
-                .map(|s| s.key.as_str())
-                .collect();
-            // Emulators still to answer (a failed or missing one is not
-            // waited for).
-            let unknown: Vec<&str> = statuses
-                .iter()
-                .filter(|s| {
-                    s.data.is_none() && matches!(s.state, KeyState::Pending | KeyState::Probing)
-                })
-                .map(|s| s.key.as_str())
-                .collect();
-            match (matching.as_slice(), unknown.is_empty()) {
-                ([one], true) => Ok((*one).to_owned()),
-                ([], false) => Err((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "no emulator known to be for {} yet; not probed yet: {}",
-                        printable(arch),
-                        unknown.join(", ")
-                    ),
-                )),
-                ([], true) => Err((
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "no emulator for architecture '{}'; configured: {}",
-                        printable(arch),
-                        names()
-                    ),
-                )),
-                (many, _) if many.len() > 1 => Err((
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "more than one emulator is for {arch}: {}; name one with emulator=",
-                        many.join(", ")
-                    ),
-                )),
-                // One matches, but an emulator not probed yet might too.
-                (_, _) => Err((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "cannot tell which emulator is for {arch} until {} is probed; retry shortly, or name one with emulator=",
-                        unknown.join(", ")
-                    ),
-                )),
+/// What the choice of emulator knows of one configured emulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The configured name.
+    pub name: String,
+    /// Its binary's file name (`qemu-system-x86_64`).
+    pub file_name: String,
+    /// The guest architecture, once probed.
+    pub arch: Option<String>,
+    /// Not probed yet (pending or probing, with no data).
+    pub waiting: bool,
+}
+
+/// The emulator a check is about, and why, when several were for the
+/// architecture asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picked {
+    pub name: String,
+    pub note: Option<String>,
+}
+
+/// Why no emulator could be picked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickError {
+    #[error("name the emulator (emulator=) or its architecture (arch=); configured: {configured}")]
+    NotNamed { configured: String },
+    #[error("no emulator known to be for {arch} yet; not probed yet: {waiting}")]
+    NotProbedYet { arch: String, waiting: String },
+    #[error("no emulator for architecture '{arch}'; configured: {configured}")]
+    NoneFor { arch: String, configured: String },
+    #[error("more than one emulator is for {arch}: {names}; name one with emulator=")]
+    Tie { arch: String, names: String },
+    #[error(
+        "cannot tell which emulator is for {arch} until {waiting} is probed; retry shortly, or name one with emulator="
+    )]
+    Undecided { arch: String, waiting: String },
+}
+
+impl PickError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            PickError::NotNamed { .. } | PickError::Tie { .. } => StatusCode::BAD_REQUEST,
+            PickError::NoneFor { .. } => StatusCode::NOT_FOUND,
+            PickError::NotProbedYet { .. } | PickError::Undecided { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
         }
     }
+}
+
+/// The configured emulator `target` names, among `all` (sorted by name).
+/// For an architecture, several may match (Debian ships
+/// `qemu-system-x86_64-microvm` beside `qemu-system-x86_64`): the one
+/// whose name or file name is `qemu-system-<arch>` is picked, and the note
+/// says so; a real tie is an error.
+pub fn pick(target: &Target, all: &[Candidate]) -> Result<Picked, PickError> {
+    let plain = |name: &str| Picked {
+        name: name.to_owned(),
+        note: None,
+    };
+    let list = |v: &[&Candidate]| {
+        v.iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let configured = || list(&all.iter().collect::<Vec<_>>());
+    let arch = match target {
+        Target::Name(n) => return Ok(plain(n)),
+        Target::Only => {
+            return match all {
+                [only] => Ok(plain(&only.name)),
+                _ => Err(PickError::NotNamed {
+                    configured: configured(),
+                }),
+            };
+        }
+        Target::Arch(arch) => arch,
+    };
+    let shown = printable(arch);
+    let matching: Vec<&Candidate> = all
+        .iter()
+        .filter(|c| c.arch.as_deref() == Some(arch.as_str()))
+        .collect();
+    // Emulators still to answer (a failed or missing one is not waited
+    // for).
+    let waiting: Vec<&Candidate> = all.iter().filter(|c| c.waiting).collect();
+    let canonical = format!("qemu-system-{arch}");
+    let preferred: Vec<&&Candidate> = matching
+        .iter()
+        .filter(|c| c.name == canonical || c.file_name == canonical)
+        .collect();
+    match (matching.as_slice(), preferred.as_slice()) {
+        ([one], _) if waiting.is_empty() => Ok(plain(&one.name)),
+        // The one named for the architecture wins, even over emulators
+        // not probed yet (none of them can be named so too).
+        (many, [one]) => Ok(Picked {
+            name: one.name.clone(),
+            note: (many.len() > 1).then(|| {
+                format!(
+                    "{} emulators are for {shown} ({}); {} is picked, as it is named qemu-system-{shown} (name another with emulator=)",
+                    many.len(),
+                    list(many),
+                    one.name
+                )
+            }),
+        }),
+        ([], _) if !waiting.is_empty() => Err(PickError::NotProbedYet {
+            arch: shown,
+            waiting: list(&waiting),
+        }),
+        ([], _) => Err(PickError::NoneFor {
+            arch: shown,
+            configured: configured(),
+        }),
+        (many, _) if many.len() > 1 => Err(PickError::Tie {
+            arch: shown,
+            names: list(many),
+        }),
+        // One matches, but an emulator not probed yet might too.
+        _ => Err(PickError::Undecided {
+            arch: shown,
+            waiting: list(&waiting),
+        }),
+    }
+}
+
+/// What the choice needs to know of every configured emulator (memory
+/// only).
+fn candidates(ctx: &Ctx) -> Vec<Candidate> {
+    let view = ctx.agent.cache.handler().view();
+    ctx.agent
+        .cache
+        .statuses()
+        .into_iter()
+        .map(|s| Candidate {
+            file_name: view
+                .table
+                .get(&s.key)
+                .and_then(|t| t.path.file_name())
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            arch: s.data.as_ref().and_then(|d| d.caps.arch.clone()),
+            waiting: s.data.is_none() && matches!(s.state, KeyState::Pending | KeyState::Probing),
+            name: s.key,
+        })
+        .collect()
 }
 
 pub async fn handler(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response {
@@ -210,17 +281,19 @@ pub async fn handler(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response 
         Ok(p) => p,
         Err(e) => return bad_query(&e),
     };
-    let name = match resolve(&ctx, &parsed.target) {
-        Ok(n) => n,
-        Err((status, msg)) => return json_error(status, &msg),
+    let picked = match pick(&parsed.target, &candidates(&ctx)) {
+        Ok(p) => p,
+        Err(e) => return json_error(e.status(), &e.to_string()),
     };
-    match lookup(&ctx, &name).await {
+    let name = &picked.name;
+    match lookup(&ctx, name).await {
         Ok(a) => {
             let why = a
                 .stale
-                .then(|| ctx.agent.cache.status(&name).and_then(|s| s.error))
-                .map(|e| e.map_or_else(|| "unknown error".to_owned(), |e| e.to_string()));
-            let verdict = check::check(&a.data.caps, &parsed.request, why.as_deref());
+                .then(|| ctx.agent.cache.status(name).and_then(|s| s.error))
+                .map(|e| e.unwrap_or_else(|| "unknown error".to_owned()));
+            let mut verdict = check::check(&a.data.caps, &parsed.request, why.as_deref());
+            verdict.picked = picked.note;
             json_value(StatusCode::OK, &verdict)
         }
         Err(r) => r,
@@ -249,6 +322,81 @@ mod tests {
             }
         );
         assert_eq!(parse(None).unwrap().target, Target::Only);
+    }
+
+    fn candidate(name: &str, arch: Option<&str>, waiting: bool) -> Candidate {
+        Candidate {
+            name: name.to_owned(),
+            file_name: name.to_owned(),
+            arch: arch.map(str::to_owned),
+            waiting,
+        }
+    }
+
+    /// Debian's qemu-system-x86 ships two emulators for x86_64: the one
+    /// named for the architecture is picked, and the answer says so.
+    #[test]
+    fn the_emulator_named_for_the_architecture_is_picked_over_others() {
+        let x86 = |arch: &str| Target::Arch(arch.to_owned());
+        let debian = [
+            candidate("qemu-system-aarch64", Some("aarch64"), false),
+            candidate("qemu-system-x86_64", Some("x86_64"), false),
+            candidate("qemu-system-x86_64-microvm", Some("x86_64"), false),
+        ];
+        let p = pick(&x86("x86_64"), &debian).unwrap();
+        assert_eq!(p.name, "qemu-system-x86_64");
+        let note = p.note.unwrap();
+        assert!(
+            note.contains("qemu-system-x86_64-microvm") && note.contains("picked"),
+            "{note}"
+        );
+        assert_eq!(pick(&x86("aarch64"), &debian).unwrap().note, None);
+        // A configured name of its own: the binary's file name counts.
+        let mut renamed = debian.clone();
+        renamed[1].name = "pc".to_owned();
+        assert_eq!(pick(&x86("x86_64"), &renamed).unwrap().name, "pc");
+        // A real tie stays an error, naming both.
+        let tie = [
+            candidate("a", Some("x86_64"), false),
+            candidate("b", Some("x86_64"), false),
+        ];
+        let e = pick(&x86("x86_64"), &tie).unwrap_err();
+        assert!(
+            matches!(&e, PickError::Tie { names, .. } if names == "a, b"),
+            "{e}"
+        );
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        // The named one is picked even while another is still probing;
+        // any other waits for the rest to be probed.
+        let waiting = [
+            candidate("qemu-system-x86_64", Some("x86_64"), false),
+            candidate("other", None, true),
+        ];
+        assert_eq!(
+            pick(&x86("x86_64"), &waiting).unwrap(),
+            Picked {
+                name: "qemu-system-x86_64".into(),
+                note: None
+            }
+        );
+        let undecided = [
+            candidate("pc", Some("x86_64"), false),
+            candidate("other", None, true),
+        ];
+        assert_eq!(
+            pick(&x86("x86_64"), &undecided).unwrap_err().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let mut with_micro = debian.to_vec();
+        with_micro.push(candidate("later", None, true));
+        assert_eq!(
+            pick(&x86("x86_64"), &with_micro).unwrap().name,
+            "qemu-system-x86_64"
+        );
+        assert!(matches!(
+            pick(&x86("s390x"), &debian),
+            Err(PickError::NoneFor { .. })
+        ));
     }
 
     #[test]

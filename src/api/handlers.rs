@@ -229,12 +229,10 @@ pub(super) async fn all_changes(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -
 
 /// The OpenAPI description, generated once.
 pub(super) async fn openapi() -> Response {
-    static BODY: std::sync::OnceLock<Result<Part, String>> = std::sync::OnceLock::new();
-    let part = BODY
-        .get_or_init(|| Part::json(&crate::api::openapi::document()).map_err(|e| e.to_string()));
-    match part {
+    static BODY: std::sync::OnceLock<Result<Part, serde_json::Error>> = std::sync::OnceLock::new();
+    match BODY.get_or_init(|| Part::json(&crate::api::openapi::document())) {
         Ok(p) => part_response(p, &HeaderMap::new(), "hit"),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 

@@ -46,6 +46,10 @@ pub struct Verdict {
     pub ok: bool,
     /// The emulator the verdict is about.
     pub emulator: String,
+    /// Why this emulator, when the question named an architecture that
+    /// several emulators are for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picked: Option<String>,
     /// The accelerator the verdict is for.
     pub accel: String,
     /// The machine type, when one was asked for or QEMU has a default.
@@ -112,6 +116,7 @@ pub fn check(caps: &Capabilities, req: &CheckRequest, stale: Option<&str>) -> Ve
     let mut v = Verdict {
         ok: false,
         emulator: caps.emulator.name.clone(),
+        picked: None,
         accel: req
             .accel
             .map_or_else(|| caps.accel.clone(), |a| a.as_str().to_owned()),
@@ -193,6 +198,9 @@ pub fn render(v: &Verdict) -> String {
             format!(": {}", about.join("; "))
         }
     );
+    if let Some(why) = &v.picked {
+        let _ = writeln!(out, "  picked: {why}");
+    }
     for p in &v.problems {
         let _ = writeln!(out, "  problem: {p}");
     }

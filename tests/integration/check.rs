@@ -486,6 +486,53 @@ fn arch_picks_the_emulator_and_an_ambiguous_one_names_the_choices() {
     );
 }
 
+/// Debian's qemu-system-x86 ships qemu-system-x86_64-microvm beside
+/// qemu-system-x86_64: `arch=x86_64` picks the one named for the
+/// architecture and says so, over HTTP and in `qcapsd check`.
+#[test]
+fn arch_picks_qemu_system_arch_over_the_microvm_build_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x86, _) = common::stand_in(
+        dir.path(),
+        "qemu-system-x86_64",
+        "caps_10.0.0_x86_64.replies",
+    );
+    let (micro, _) = common::stand_in(
+        dir.path(),
+        "qemu-system-x86_64-microvm",
+        "caps_9.1.0_x86_64.replies",
+    );
+    let agent = InProcess::start(
+        dir.path(),
+        &format!(
+            "emulators:\n  - path: {}\n  - path: {}\n",
+            x86.display(),
+            micro.display()
+        ),
+    );
+    let r = agent.get("/v1/check?arch=x86_64&machine=q35");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["emulator"], "qemu-system-x86_64");
+    let picked = v["picked"].as_str().unwrap();
+    assert!(picked.contains("qemu-system-x86_64-microvm"), "{picked}");
+    let out = common::qcapsd(&[
+        "check",
+        "--addr",
+        &format!("http://127.0.0.1:{}", agent.port),
+        "--arch",
+        "x86_64",
+        "--machine",
+        "q35",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with("ok: qemu-system-x86_64 can run") && text.contains("picked:"),
+        "{text}"
+    );
+}
+
 #[test]
 fn no_answer_yet_is_503_and_stale_data_answers_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
