@@ -2,11 +2,12 @@
 //! constants other layers would otherwise pick for themselves (the probe's
 //! devices and timeout, the cache's backoff, QEMU's module directories).
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where the query API listens by default: loopback only.
-pub const LISTEN: &str = "127.0.0.1:9733";
+pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9733));
 /// Cache directory when running as root.
 pub const ROOT_CACHE_DIR: &str = "/var/cache/qcapsd";
 pub const REVALIDATE_INTERVAL: Duration = Duration::from_secs(60);
@@ -93,4 +94,29 @@ pub fn probe_request(name: impl Into<String>) -> crate::qemu::ProbeRequest {
         PROBE_TIMEOUT,
         DEVICE_PROPERTIES.iter().map(|s| (*s).to_owned()).collect(),
     )
+}
+
+/// `/var/cache/qcapsd` for root, `$XDG_CACHE_HOME/qcapsd` (or
+/// `~/.cache/qcapsd`) otherwise.
+pub fn cache_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from(ROOT_CACHE_DIR);
+    }
+    let abs = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").and_then(abs) {
+        return x.join("qcapsd");
+    }
+    if let Some(h) = std::env::var_os("HOME").and_then(abs) {
+        return h.join(".cache/qcapsd");
+    }
+    std::env::temp_dir().join("qcapsd-cache")
+}
+
+/// The default of `probe_concurrency`: the CPUs available to the agent
+/// (its affinity mask and cgroup quota, as `available_parallelism` reads
+/// them), at least 1 and at most [`PROBE_CONCURRENCY_CAP`].
+pub fn probe_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, PROBE_CONCURRENCY_CAP)
 }

@@ -120,10 +120,10 @@ impl Default for HttpLimits {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: Some(default_listen()),
+            listen: Some(defaults::LISTEN),
             metrics_listen: None,
             unix_socket: None,
-            cache_dir: AbsPath(default_cache_dir()),
+            cache_dir: AbsPath(defaults::cache_dir()),
             revalidate_interval: Period(defaults::REVALIDATE_INTERVAL),
             probe_timeout: Period(defaults::PROBE_TIMEOUT),
             probe_concurrency: None,
@@ -140,36 +140,6 @@ impl Default for Config {
             http: HttpLimits::default(),
         }
     }
-}
-
-/// [`defaults::LISTEN`] as an address.
-pub fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9733))
-}
-
-/// `/var/cache/qcapsd` for root, `$XDG_CACHE_HOME/qcapsd` (or
-/// `~/.cache/qcapsd`) otherwise.
-pub fn default_cache_dir() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from(defaults::ROOT_CACHE_DIR);
-    }
-    let abs = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").and_then(abs) {
-        return x.join("qcapsd");
-    }
-    if let Some(h) = std::env::var_os("HOME").and_then(abs) {
-        return h.join(".cache/qcapsd");
-    }
-    std::env::temp_dir().join("qcapsd-cache")
-}
-
-/// The default of `probe_concurrency`: the CPUs available to the agent
-/// (its affinity mask and cgroup quota, as `available_parallelism` reads
-/// them), at least 1 and at most [`defaults::PROBE_CONCURRENCY_CAP`].
-pub fn derived_probe_concurrency() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, defaults::PROBE_CONCURRENCY_CAP)
 }
 
 impl Config {
@@ -273,7 +243,7 @@ impl Config {
     /// The probe concurrency in force.
     pub fn probe_concurrency(&self) -> usize {
         self.probe_concurrency
-            .map_or_else(derived_probe_concurrency, |l| l.get() as usize)
+            .map_or_else(defaults::probe_concurrency, |l| l.get() as usize)
     }
 
     /// Device names whose properties are read.
@@ -352,9 +322,9 @@ mod tests {
     fn empty_text_is_the_default() {
         let c = Config::parse("").unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.listen.unwrap().to_string(), defaults::LISTEN);
+        assert_eq!(c.listen.unwrap().to_string(), "127.0.0.1:9733");
         assert_eq!(*c.revalidate_interval, Duration::from_secs(60));
-        assert_eq!(c.probe_concurrency(), derived_probe_concurrency());
+        assert_eq!(c.probe_concurrency(), defaults::probe_concurrency());
         assert!(c.emulators.is_none());
     }
 
