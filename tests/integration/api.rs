@@ -596,14 +596,13 @@ fn a_request_waiting_on_a_slow_probe_gets_503_and_the_probe_goes_on() {
     // Answers from memory stay instant meanwhile.
     assert_eq!(a.get("/healthz").status, 200);
     let mut fresh = None;
-    for _ in 0..400 {
+    common::poll_until(|| {
         let r = a.get("/v1/emulators/x86_64");
         if r.status == 200 {
             fresh = Some(r.json());
-            break;
         }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+        fresh.is_some()
+    });
     assert_eq!(fresh.expect("probe finished")["qemu"]["version"], "9.1.0");
     assert_eq!(
         count(&s.x86_count),

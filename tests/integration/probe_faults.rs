@@ -34,15 +34,10 @@ async fn assert_all_gone(pids_file: &Path) {
     let pids = read_pids(pids_file);
     assert!(!pids.is_empty(), "the stand-in recorded its pids");
     // SIGKILL is delivered at once, but the kernel may take a moment to
-    // tear a process down; poll briefly (a count, not a timing assertion).
-    for _ in 0..200 {
-        if pids.iter().all(|&p| !process_alive(p)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // tear a process down.
+    common::poll_until_async(|| pids.iter().all(|&p| !process_alive(p))).await;
     let alive: Vec<_> = pids.iter().filter(|&&p| process_alive(p)).collect();
-    panic!("processes left behind: {alive:?}");
+    assert!(alive.is_empty(), "processes left behind: {alive:?}");
 }
 
 #[tokio::test]
@@ -60,6 +55,33 @@ async fn non_executable_file_is_refused() {
     assert_eq!(e, format!("{}: not an executable file", f.display()));
     let e = probe_err(dir.path()).await;
     assert!(e.ends_with("not an executable file"), "a directory: {e}");
+}
+
+/// Log lines captured in memory (a `tracing` writer).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
 }
 
 /// Linux refuses to exec a file open for writing (`ETXTBSY`). While it
@@ -101,10 +123,22 @@ async fn binary_open_for_writing_is_retried_then_named() {
             .expect("this kernel runs a file open for writing");
     }
 
-    // Closed while the probe is retrying (it starts at once and retries for
-    // 1.3 s): it goes through.
+    // Closed while the probe is retrying (seen in its debug log, captured
+    // on this thread): it goes through.
+    let log = Captured::default();
+    let _capture = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(log.clone())
+            .finish(),
+    );
     let release = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
+        if kernel_refuses {
+            assert!(
+                common::poll_until(|| log.text().contains("binary busy")),
+                "the probe never retried"
+            );
+        }
         drop(writer);
     });
     probe_with_timeout(&bin, Duration::from_secs(30))
@@ -237,9 +271,7 @@ async fn cancelling_a_probe_kills_the_emulator() {
     let counter = ExecCounter::default();
     let probing = probe(&bin, &req, &counter, &cancel);
     let trigger = async {
-        while read_pids(&pids).is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert!(common::poll_until_async(|| !read_pids(&pids).is_empty()).await);
         cancel.cancel();
     };
     let (r, ()) = tokio::join!(probing, trigger);
@@ -256,7 +288,7 @@ async fn dropping_a_probe_future_kills_the_emulator() {
     let cancel = CancellationToken::new();
     tokio::select! {
         _ = probe(&bin, &req, &counter, &cancel) => panic!("the stand-in never answers"),
-        () = async { while read_pids(&pids).is_empty() { tokio::time::sleep(Duration::from_millis(5)).await } } => {}
+        started = common::poll_until_async(|| !read_pids(&pids).is_empty()) => assert!(started),
     }
     assert_all_gone(&pids).await;
 }

@@ -6,6 +6,7 @@
 
 use crate::common::{self, Http, InProcess};
 
+#[ignore = "needs openapi-spec-validator"]
 #[test]
 fn the_openapi_description_passes_openapi_spec_validator_and_is_what_is_served() {
     let d = tempfile::tempdir().unwrap();
@@ -16,9 +17,7 @@ fn the_openapi_description_passes_openapi_spec_validator_and_is_what_is_served()
     assert_eq!(served.json(), qcapsd::api::openapi::document());
     let file = d.path().join("openapi.json");
     std::fs::write(&file, &served.body).unwrap();
-    let Some(validator) = common::require_tool("openapi-spec-validator") else {
-        return;
-    };
+    let validator = common::require_tool("openapi-spec-validator");
     let out = std::process::Command::new(validator)
         .args(["--schema", "3.1"])
         .arg(&file)

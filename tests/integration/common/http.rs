@@ -136,17 +136,15 @@ pub trait Http {
 
 /// Polls /readyz on `port` until it answers 200 (bounded: 60 s).
 pub fn wait_ready(port: u16) -> bool {
-    for _ in 0..600 {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf);
-            if buf.starts_with(b"HTTP/1.1 200") {
-                return true;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    false
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    super::poll_until_for(Duration::from_secs(60), Duration::from_millis(100), || {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        buf.starts_with(b"HTTP/1.1 200")
+    })
 }

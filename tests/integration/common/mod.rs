@@ -31,7 +31,7 @@ pub use data::*;
 pub use http::*;
 pub use in_process::{InProcess, x86_yaml};
 pub use libvirt::*;
-pub use poll::poll_until;
+pub use poll::{poll_until, poll_until_async, poll_until_for};
 pub use procs::*;
 pub use prometheus::Prometheus;
 pub use stand_ins::*;

@@ -50,16 +50,16 @@ impl Prometheus {
             .spawn()
             .unwrap();
         let prom = Prometheus { child, port };
-        let ready = (0..300).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && raw_http(
-                    port,
-                    b"GET /-/ready HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
-                )
-                .status
-                    == 200
-        });
+        let ready =
+            super::poll_until_for(Duration::from_secs(30), Duration::from_millis(100), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && raw_http(
+                        port,
+                        b"GET /-/ready HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
+                    )
+                    .status
+                        == 200
+            });
         assert!(
             ready,
             "prometheus did not start: {}",
