@@ -1,5 +1,5 @@
 //! Prints the `qcapsd(1)` man page, generated from the command line's
-//! definition (`src/cli.rs`), so the two cannot drift:
+//! definition (`src/cli/mod.rs`), so the two cannot drift:
 //! `cargo run --example man > qcapsd.1`. `scripts/package` puts it in the
 //! Debian package.
 
