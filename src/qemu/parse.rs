@@ -173,6 +173,54 @@ pub fn cpu_models(v: &Value) -> Result<Vec<CpuModel>, ParseError> {
     Ok(out)
 }
 
+/// `qom-list-types` with `implements: cpu` and `abstract: true`: the CPU
+/// models of a target that has no `query-cpu-definitions`, named as its
+/// `-cpu help` names them. The target's own CPU type is the one whose
+/// parent is `cpu` (`sparc-cpu`); each concrete type below it is a model,
+/// its name without that type's suffix (`TI-SuperSparc-II-sparc-cpu` →
+/// `TI-SuperSparc-II`), or whole where it has none (hppa's `hppa-cpu` and
+/// `hppa64-cpu`). QEMU says nothing of usability here: `None`.
+pub fn cpu_types(v: &Value) -> Result<Vec<CpuModel>, ParseError> {
+    const C: &str = "qom-list-types";
+    let mut types = Vec::new();
+    for entry in as_array(C, v)? {
+        let o = as_object(C, entry)?;
+        types.push((
+            req_str(C, o, "name")?,
+            opt_str(o, "parent"),
+            opt_bool(o, "abstract").unwrap_or(false),
+        ));
+    }
+    let base = types
+        .iter()
+        .find(|(_, parent, _)| parent.as_deref() == Some("cpu"))
+        .map(|(name, _, _)| format!("-{name}"));
+    let mut models: Vec<CpuModel> = types
+        .into_iter()
+        .filter(|(name, _, is_abstract)| !is_abstract && name != "cpu")
+        .map(|(typename, _, _)| {
+            let name = base
+                .as_deref()
+                .and_then(|suffix| typename.strip_suffix(suffix))
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&typename)
+                .to_owned();
+            CpuModel {
+                name,
+                typename: Some(typename),
+                usable: None,
+                unavailable_features: Vec::new(),
+                deprecated: false,
+                static_: false,
+                migration_safe: None,
+            }
+        })
+        .collect();
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    models.dedup_by(|a, b| a.name == b.name);
+    Ok(models)
+}
+
 /// The `name` members of a list of objects, sorted and without
 /// duplicates (the shape of `qom-list-types` and `query-commands`).
 fn names(command: &'static str, v: &Value) -> Result<Vec<String>, ParseError> {
@@ -351,6 +399,39 @@ mod tests {
     fn cpu_models_reject_non_string_blockers() {
         assert!(cpu_models(&json!([{"name": "x", "unavailable-features": [1]}])).is_err());
         assert!(cpu_models(&json!([{"name": "x", "unavailable-features": "hle"}])).is_err());
+    }
+
+    /// As QEMU 10.0.2's sparc, hppa and m68k answer (abstract types
+    /// included): names as their `-cpu help` prints them.
+    #[test]
+    fn cpu_models_from_the_cpu_types_of_targets_without_cpu_definitions() {
+        let names = |v: Value| -> Vec<String> {
+            cpu_types(&v).unwrap().into_iter().map(|m| m.name).collect()
+        };
+        let sparc = json!([
+            {"name": "TI-SuperSparc-II-sparc-cpu", "parent": "sparc-cpu"},
+            {"name": "cpu", "abstract": true, "parent": "device"},
+            {"name": "LEON3-sparc-cpu", "parent": "sparc-cpu"},
+            {"name": "sparc-cpu", "abstract": true, "parent": "cpu"}
+        ]);
+        assert_eq!(names(sparc.clone()), ["LEON3", "TI-SuperSparc-II"]);
+        let m = &cpu_types(&sparc).unwrap()[1];
+        assert_eq!(m.typename.as_deref(), Some("TI-SuperSparc-II-sparc-cpu"));
+        assert_eq!(m.usable, None, "QEMU does not say");
+        let hppa = json!([
+            {"name": "cpu", "abstract": true, "parent": "device"},
+            {"name": "hppa-cpu", "parent": "cpu"},
+            {"name": "hppa64-cpu", "parent": "hppa-cpu"}
+        ]);
+        assert_eq!(names(hppa), ["hppa-cpu", "hppa64-cpu"]);
+        let m68k = json!([
+            {"name": "any-m68k-cpu", "parent": "m68k-cpu"},
+            {"name": "m68k-cpu", "abstract": true, "parent": "cpu"},
+            {"name": "m68040-m68k-cpu", "parent": "m68k-cpu"}
+        ]);
+        assert_eq!(names(m68k), ["any", "m68040"]);
+        assert!(cpu_types(&json!([{"parent": "cpu"}])).is_err());
+        assert_eq!(names(json!([])), Vec::<String>::new());
     }
 
     #[test]

@@ -118,7 +118,7 @@ pub const COMMANDS_USED: &[(&str, &str)] = &[
     ("device-list-properties", "device_properties"),
     (
         "qom-list-types",
-        "devices (only where device_add help is not answered)",
+        "cpu_models (only where query-cpu-definitions is not answered); devices (only where device_add help is not answered)",
     ),
 ];
 
@@ -148,6 +148,8 @@ struct Raw {
     /// properties to read); `None` when not answered or listing nothing.
     device_help: Option<parse::DeviceHelp>,
     types: Option<Value>,
+    /// The CPU types, where `query-cpu-definitions` is not answered.
+    cpu_types: Option<Value>,
     commands: Option<Value>,
     props: Vec<(String, Value)>,
     startup: Duration,
@@ -303,18 +305,36 @@ async fn main_pass(
             .map(parse::device_help)
             .filter(|d| !d.names.is_empty());
         raw.commands = next();
-        // Without a device_add help list, qom-list-types names them.
-        let mut types: Option<Vec<String>> = None;
+        // What the first batch could not say, the QOM types do, in one
+        // more round trip: the devices without a device_add help list, the
+        // CPU models without query-cpu-definitions (half of QEMU's targets:
+        // sparc, m68k, sh4, …), abstract types included so that the
+        // target's own CPU type is known.
+        let mut fallback: Vec<(&str, Option<Value>)> = Vec::new();
         if raw.device_help.is_none() {
-            let (mut replies, times) = qmp
-                .execute_batch_timed(&[(
-                    "qom-list-types",
-                    Some(json!({"implements": "device", "abstract": false})),
-                )])
-                .await?;
+            fallback.push((
+                "qom-list-types",
+                Some(json!({"implements": "device", "abstract": false})),
+            ));
+        }
+        if raw.cpus.is_none() {
+            fallback.push((
+                "qom-list-types",
+                Some(json!({"implements": "cpu", "abstract": true})),
+            ));
+        }
+        let mut types: Option<Vec<String>> = None;
+        if !fallback.is_empty() {
+            let (replies, times) = qmp.execute_batch_timed(&fallback).await?;
             raw.times.extend(times);
-            raw.types = replies.pop().and_then(answered);
-            types = raw.types.as_ref().and_then(|t| parse::type_names(t).ok());
+            let mut replies = replies.into_iter().map(answered);
+            if raw.device_help.is_none() {
+                raw.types = replies.next().flatten();
+                types = raw.types.as_ref().and_then(|t| parse::type_names(t).ok());
+            }
+            if raw.cpus.is_none() {
+                raw.cpu_types = replies.next().flatten();
+            }
         }
         // Both lists are sorted.
         let known: Option<&[String]> = raw
@@ -421,12 +441,11 @@ fn build(
             .map(parse::machines)
             .transpose()?
             .unwrap_or_default(),
-        cpu_models: raw
-            .cpus
-            .as_ref()
-            .map(parse::cpu_models)
-            .transpose()?
-            .unwrap_or_default(),
+        cpu_models: match (&raw.cpus, &raw.cpu_types) {
+            (Some(defs), _) => parse::cpu_models(defs)?,
+            (None, Some(types)) => parse::cpu_types(types)?,
+            (None, None) => Vec::new(),
+        },
         devices,
         device_aliases,
         devices_source,

@@ -363,7 +363,7 @@ fn check_cpu(
         }
         None => {
             v.warnings.push(format!(
-                "QEMU does not report whether cpu {name} is usable under {accel}"
+                "QEMU does not report whether cpu {name} is usable under {accel}, nor which CPU models each machine type takes: it may still refuse this one"
             ));
             cpu_verdict(name, true, None, blockers, model.deprecated)
         }

@@ -9,10 +9,7 @@ use qcapsd::qemu::Capabilities;
 use qcapsd::verdicts::check::{CheckRequest, check};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 /// One VM to ask about.
 #[derive(Debug, Clone)]
@@ -66,43 +63,12 @@ fn qemu_starts(bin: &Path, vm: &Vm) -> Result<(), String> {
     if let Some(n) = vm.cpus {
         args.extend(["-smp".into(), n.to_string()]);
     }
-    args.extend(["-qmp".into(), "stdio".into()]);
-    let mut child = Command::new(bin)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let _ = stdin.write_all(
-        b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\",\"id\":\"s\"}\n",
-    );
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let answered = stdout.lines().map_while(Result::ok).any(|l| {
-            serde_json::from_str::<Value>(&l)
-                .is_ok_and(|v| v["id"] == "s" && v["return"]["status"].is_string())
-        });
-        let _ = tx.send(answered);
-    });
-    let answered = rx.recv_timeout(Duration::from_secs(60)).unwrap_or(false);
-    let _ = stdin.write_all(b"{\"execute\":\"quit\"}\n");
-    drop(stdin);
-    common::poll_until(|| child.try_wait().unwrap().is_some());
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    if answered {
-        Ok(())
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        Err(err
-            .lines()
+    common::qemu_starts(bin, &args).map_err(|err| {
+        err.lines()
             .last()
             .unwrap_or("(nothing on stderr)")
-            .to_owned())
-    }
+            .to_owned()
+    })
 }
 
 /// The nested-virtualisation fault some hosts have: the outer hypervisor

@@ -12,6 +12,7 @@ mod check;
 mod common;
 mod compare;
 mod deploy;
+mod every_emulator;
 mod faults;
 mod golden;
 mod layers;

@@ -21,27 +21,6 @@ async fn probe_real(bin: &Path, accel: Accel) -> Capabilities {
     caps
 }
 
-/// The names `-device help` prints: what `-device` accepts. Read here
-/// with a plain split, not the probe's parser, so that a parser bug cannot
-/// agree with itself.
-fn device_help_names(bin: &Path) -> Vec<String> {
-    let out = std::process::Command::new(bin)
-        .args(["-device", "help"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut names: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with("name \""))
-        .map(|l| l.split('"').nth(1).unwrap().to_owned())
-        .collect();
-    let lines = names.len();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), lines, "each device is listed once");
-    names
-}
-
 /// The command names of `query-qmp-schema`, asked over QMP by the test
 /// itself (what the probe used to read them from).
 fn schema_commands(bin: &Path) -> Vec<String> {
@@ -89,7 +68,11 @@ async fn devices_are_exactly_what_device_help_lists_and_commands_what_the_schema
             caps.devices_source,
             Some(qcapsd::qemu::caps::DevicesSource::DeviceAddHelp)
         );
-        assert_eq!(caps.devices, device_help_names(&bin), "{name}: devices");
+        assert_eq!(
+            caps.devices,
+            common::device_help_names(&bin),
+            "{name}: devices"
+        );
         assert!(
             !caps.devices.iter().any(|d| d == "apic" || d == "PIIX3"),
             "{name}: not user-creatable"
