@@ -300,6 +300,16 @@ pub async fn with_qemu<T>(
     cancel: &CancellationToken,
     work: impl AsyncFnOnce(&mut Session) -> Result<T, QmpError>,
 ) -> Result<(T, ExecReport), ExecError> {
+    let resolved;
+    let spec = if spec.path.is_absolute() {
+        spec
+    } else {
+        resolved = ExecSpec {
+            path: absolute(&spec.path)?,
+            ..spec.clone()
+        };
+        &resolved
+    };
     check_executable(&spec.path)?;
     let started = Instant::now();
     let mut proc = Running::spawn(spec).await?;
@@ -359,6 +369,15 @@ fn describe_status(s: ExitStatus) -> String {
         (None, Some(sig)) => format!("killed by signal {sig}"),
         _ => s.to_string(),
     }
+}
+
+/// `path` made absolute against the current directory (QEMU is started
+/// in `/`, where a relative path would name another file).
+pub fn absolute(path: &Path) -> Result<PathBuf, ExecError> {
+    std::path::absolute(path).map_err(|source| ExecError::Spawn {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Refuses paths that are obviously not runnable, with a clear error,

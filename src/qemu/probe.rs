@@ -158,12 +158,15 @@ struct Raw {
 
 /// Probes the emulator at `path`: the main pass (one exec), then one exec
 /// per further accelerator in `req.also` (see [`ProbeRequest::accels`]).
+/// A relative `path` is resolved against the caller's directory first
+/// (QEMU runs in `/`), and the document names the binary actually run.
 pub async fn probe(
     path: &Path,
     req: &ProbeRequest,
     counter: &ExecCounter,
     cancel: &CancellationToken,
 ) -> Result<(Capabilities, ProbeReport), ProbeError> {
+    let path = &super::exec::absolute(path)?;
     let (mut caps, mut report) = main_pass(path, req, counter, cancel).await?;
     for &accel in &req.also {
         if accel.as_str() == caps.accel || caps.other_accels.contains_key(accel.as_str()) {

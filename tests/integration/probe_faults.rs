@@ -304,6 +304,42 @@ fn cli_error_is_one_line_with_exit_code_1() {
     );
 }
 
+/// Issue 17 item 2: `qcapsd probe bin/qemu-system-x86_64` probed
+/// /bin/qemu-system-x86_64 (QEMU runs in `/`, where the relative path
+/// named the system's QEMU) and printed it under the relative path.
+#[test]
+fn a_relative_path_is_the_binary_in_the_caller_s_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, count) = common::stand_in(
+        dir.path(),
+        "qemu-system-x86_64",
+        "caps_9.1.0_x86_64.replies",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+        .args(["probe", "--accel", "tcg", "bin/qemu-system-x86_64"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["qemu"]["version"], "9.1.0",
+        "the stand-in, not the system's QEMU"
+    );
+    assert_eq!(
+        doc["emulator"]["path"],
+        bin.display().to_string(),
+        "the binary actually run"
+    );
+    assert!(bin.is_absolute());
+    assert_eq!(common::count(&count), 1);
+}
+
 #[test]
 fn cli_bad_usage_exits_64() {
     let out = common::qcapsd(&["probe", "/x", "--accel", "hvf"]);
