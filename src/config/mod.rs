@@ -37,6 +37,24 @@ pub enum ConfigError {
         file_prefix(.path)
     )]
     MultipleDocuments { path: String, line: usize },
+    /// A character YAML does not allow in a file (the library says only
+    /// its byte position).
+    #[error(
+        "{}control character {code} at line {line} column {column}: remove it, or write it as an escape in double quotes (\"\\x01\")",
+        file_prefix(.path)
+    )]
+    ControlCharacter {
+        path: String,
+        code: String,
+        line: usize,
+        column: usize,
+    },
+    /// The document is not a mapping of keys.
+    #[error(
+        "{}the config must be a mapping of keys (e.g. `listen: 127.0.0.1:9733` on a line of its own), not {found}; an empty file means every default",
+        file_prefix(.path)
+    )]
+    NotAMapping { path: String, found: &'static str },
     /// The YAML library's message: the key path, what is wrong, and where.
     #[error("{}{message}", file_prefix(.path))]
     Invalid { path: String, message: String },
@@ -170,8 +188,42 @@ impl Config {
             path: String::new(),
             line: line_at(bytes, e.valid_up_to()),
         })?;
-        if text.trim().is_empty() {
+        // Nothing but blank lines, comments and document markers: every
+        // default (an explicit `null` is refused below).
+        let content = text
+            .lines()
+            .map(str::trim)
+            .any(|l| !l.is_empty() && !l.starts_with('#') && l != "---" && l != "...");
+        if !content {
             return Ok(Config::default());
+        }
+        if let Some((at, ch)) = text.char_indices().find(|&(_, c)| forbidden(c)) {
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            return Err(ConfigError::ControlCharacter {
+                path: String::new(),
+                code: format!("U+{:04X}", u32::from(ch)),
+                line: line_at(bytes, at),
+                column: text[line_start..at].chars().count() + 1,
+            });
+        }
+        // Only a mapping can be a config; say so instead of the library's
+        // "invalid type: unit value, expected struct Config".
+        if let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+            let found = match doc {
+                serde_yaml::Value::Mapping(_) => None,
+                serde_yaml::Value::Null => Some("null"),
+                serde_yaml::Value::Sequence(_) => Some("a list"),
+                serde_yaml::Value::String(_) => Some("a string"),
+                serde_yaml::Value::Number(_) => Some("a number"),
+                serde_yaml::Value::Bool(_) => Some("a boolean"),
+                serde_yaml::Value::Tagged(_) => Some("a tagged value"),
+            };
+            if let Some(found) = found {
+                return Err(ConfigError::NotAMapping {
+                    path: String::new(),
+                    found,
+                });
+            }
         }
         serde_yaml::from_str(text).map_err(|e| {
             // The library refuses a second document without a position:
@@ -269,9 +321,24 @@ impl ConfigError {
                 ConfigError::MultipleDocuments { path, line }
             }
             ConfigError::Invalid { message, .. } => ConfigError::Invalid { path, message },
+            ConfigError::ControlCharacter {
+                code, line, column, ..
+            } => ConfigError::ControlCharacter {
+                path,
+                code,
+                line,
+                column,
+            },
+            ConfigError::NotAMapping { found, .. } => ConfigError::NotAMapping { path, found },
             read @ ConfigError::Read { .. } => read,
         }
     }
+}
+
+/// Characters YAML does not allow in a stream: C0 and C1 controls other
+/// than tab, line feed, carriage return and next line, and DEL.
+fn forbidden(c: char) -> bool {
+    c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}')
 }
 
 /// The 1-based line of byte `offset`.
@@ -523,6 +590,41 @@ mod tests {
         assert!(e.contains("line"), "{e}");
         let e = err("listen: [oops\n---\nx: 1\n");
         assert!(e.contains("line"), "{e}");
+    }
+
+    /// Issue 17 item 5: these named neither a key nor a line.
+    #[test]
+    fn a_control_character_is_placed_by_line_and_column() {
+        let e = err("listen: 127.0.0.1:9733\ncache_dir: /tmp/x\nrevalidate_interval: 6\u{1}s\n");
+        assert!(
+            e.starts_with("control character U+0001 at line 3 column 23"),
+            "{e}"
+        );
+        let e = err("cache_dir: \"/a\u{7}b\"\n");
+        assert!(e.contains("U+0007 at line 1 column 15"), "{e}");
+        // A tab, and escapes inside quotes, are fine.
+        assert!(Config::parse("cache_dir:\t/x\nlisten: \"127.0.0.1:1\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_mapping_says_what_a_config_is() {
+        for (text, found) in [
+            ("null\n", "not null"),
+            ("~\n", "not null"),
+            ("- a\n- b\n", "not a list"),
+            ("42\n", "not a number"),
+            ("listen\n", "not a string"),
+        ] {
+            let e = err(text);
+            assert!(
+                e.starts_with("the config must be a mapping of keys") && e.contains(found),
+                "{text:?}: {e}"
+            );
+        }
+        // Empty, blank or only comments: every default.
+        for text in ["", "\n\n", "# nothing set\n", "---\n# nothing\n"] {
+            assert_eq!(Config::parse(text).unwrap(), Config::default(), "{text:?}");
+        }
     }
 
     #[test]
