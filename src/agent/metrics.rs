@@ -95,6 +95,8 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub http_waiting: IntGauge,
     reloads: IntCounterVec,
+    /// Times the emulator set resolved to nothing (start, reloads).
+    pub discovery_empty: IntCounter,
     reload_ok: IntGauge,
     capability_changes: IntCounterVec,
     pub capabilities: IntGaugeVec,
@@ -339,6 +341,13 @@ impl Metrics {
                 IntGauge::with_opts(opts(
                     "qcapsd_http_waiting_requests",
                     "Long-polls (?wait=) held now, waiting for an answer to change.",
+                ))?,
+            )?,
+            discovery_empty: reg(
+                r,
+                IntCounter::with_opts(opts(
+                    "qcapsd_discovery_empty_total",
+                    "Times the emulator set came out empty, at start or on a reload: nothing to serve (logged with where discovery looked).",
                 ))?,
             )?,
             reloads: counter(

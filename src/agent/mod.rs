@@ -14,7 +14,7 @@ use crate::agent::history::History;
 use crate::agent::metrics::Metrics;
 use crate::agent::watch::Versions;
 use crate::cache::{Backoff, Cache, State, store::Store};
-use crate::config::discovery::{self, DiscoveryError, EmulatorSpec};
+use crate::config::discovery::{self, DiscoveryError, EmulatorSpec, Resolved};
 use crate::config::{Config, defaults};
 use crate::qemu::fingerprint::Host;
 use metrics::CapabilityPart;
@@ -69,9 +69,16 @@ pub fn probe_tag(cache_dir: &std::path::Path) -> String {
     format!("cache_dir={}", cache_dir.display())
 }
 
-fn log_skipped(skipped: &[String]) {
-    for s in skipped {
+/// Logs what discovery skipped, and warns (and counts) when it found
+/// nothing at all: an agent with nothing to serve is ready, not failed,
+/// but the operator must hear of it.
+fn report_discovery(resolved: &Resolved, metrics: &Metrics) {
+    for s in &resolved.skipped {
         tracing::warn!("discovery skipped {s}");
+    }
+    if let Some(warning) = resolved.nothing_found() {
+        tracing::warn!("{warning}");
+        metrics.discovery_empty.inc();
     }
 }
 
@@ -79,9 +86,9 @@ impl Agent {
     /// Builds the agent (no probe yet).
     pub fn new(cfg: Config) -> Result<Arc<Agent>, AgentError> {
         let resolved = discovery::resolve(&cfg)?;
-        log_skipped(&resolved.skipped);
-        let specs = resolved.emulators;
         let metrics = Arc::new(Metrics::register()?);
+        report_discovery(&resolved, &metrics);
+        let specs = resolved.emulators;
         let handler = Arc::new(Emulators::new(
             Host::new(&cfg.host_root.0),
             &specs,
@@ -187,7 +194,7 @@ impl Agent {
                 return Err(e.into());
             }
         };
-        log_skipped(&resolved.skipped);
+        report_discovery(&resolved, &self.metrics);
         let specs = resolved.emulators;
         let old = self.config();
         if cfg.listen != old.listen

@@ -26,6 +26,22 @@ pub struct Resolved {
     pub emulators: Vec<EmulatorSpec>,
     /// Files the default discovery found but left out, and why.
     pub skipped: Vec<String>,
+    /// Where the emulators were looked for: the default discovery's
+    /// patterns and directories, or the config's globs.
+    pub looked: String,
+}
+
+impl Resolved {
+    /// When the set is empty: a warning that says where discovery looked
+    /// and what to do (an agent with nothing to serve is not an error).
+    pub fn nothing_found(&self) -> Option<String> {
+        self.emulators.is_empty().then(|| {
+            format!(
+                "no QEMU emulator found ({}): install QEMU (e.g. apt install qemu-system-x86), or list emulators in the config (`emulators:` with `path:` or `glob:`)",
+                self.looked
+            )
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,6 +77,19 @@ pub fn resolve(cfg: &Config) -> Result<Resolved, DiscoveryError> {
     let mut r = Resolver::default();
     match &cfg.emulators {
         Some(list) => {
+            let globs: Vec<&str> = list
+                .0
+                .iter()
+                .filter_map(|e| match e {
+                    EmulatorEntry::Glob(g) => Some(g.0.as_str()),
+                    EmulatorEntry::Path { .. } => None,
+                })
+                .collect();
+            r.done.looked = if globs.is_empty() {
+                "the config's `emulators:` list is empty".to_owned()
+            } else {
+                format!("the config's globs match nothing: {}", globs.join(", "))
+            };
             for e in &list.0 {
                 match e {
                     EmulatorEntry::Path { path, name } => r.add(
@@ -79,7 +108,16 @@ pub fn resolve(cfg: &Config) -> Result<Resolved, DiscoveryError> {
             }
         }
         None => {
-            for path in discover() {
+            let dirs = discovery_dirs();
+            r.done.looked = format!(
+                "looked for {} in {}",
+                defaults::DISCOVERY_PATTERNS.join(", "),
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            );
+            for path in discover_in(&dirs) {
                 r.add_file(path, Origin::Discovery)?;
             }
         }
@@ -201,9 +239,9 @@ fn is_executable_file(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The default discovery: `qemu-system-*`, `qemu-kvm` and `kvm` on PATH and
-/// in /usr/libexec, in PATH order.
-pub fn discover() -> Vec<PathBuf> {
+/// Where the default discovery looks: PATH's absolute directories, then
+/// [`defaults::DISCOVERY_EXTRA_DIRS`].
+fn discovery_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)
@@ -212,15 +250,25 @@ pub fn discover() -> Vec<PathBuf> {
         })
         .unwrap_or_default();
     dirs.extend(defaults::DISCOVERY_EXTRA_DIRS.iter().map(PathBuf::from));
+    dirs
+}
+
+/// The default discovery: `qemu-system-*`, `qemu-kvm` and `kvm` on PATH and
+/// in /usr/libexec, in PATH order.
+pub fn discover() -> Vec<PathBuf> {
+    discover_in(&discovery_dirs())
+}
+
+fn discover_in(dirs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut seen_dirs = Vec::new();
     for d in dirs {
-        let canon = std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone());
+        let canon = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
         if seen_dirs.contains(&canon) {
             continue;
         }
         seen_dirs.push(canon);
-        out.extend(match_in_dir(&d, defaults::DISCOVERY_PATTERNS));
+        out.extend(match_in_dir(d, defaults::DISCOVERY_PATTERNS));
     }
     out
 }

@@ -289,6 +289,9 @@ impl Config {
         for s in &resolved.skipped {
             line(format_args!("skipped {s}"));
         }
+        if let Some(warning) = resolved.nothing_found() {
+            line(format_args!("warning: {warning}"));
+        }
         out
     }
 

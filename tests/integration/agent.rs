@@ -526,3 +526,58 @@ fn a_log_written_to_a_file_has_no_terminal_escape_codes() {
     assert!(log.contains("probed"), "{log}");
     assert!(!log.contains('\u{1b}'), "escape codes in the log:\n{log}");
 }
+
+/// Issue 17 item 6: with no emulator to serve, the agent used to log only
+/// "probing 0 emulator(s)". It warns, naming where discovery looked and
+/// what to do, counts it, and is ready (nothing to serve is no error);
+/// check-config says the same.
+#[test]
+fn nothing_found_is_said_where_discovery_looked_and_the_agent_is_still_ready() {
+    let d = tempfile::tempdir().unwrap();
+    let glob = d.path().join("nowhere/qemu-system-*");
+    let agent = AgentProc::start(
+        d.path(),
+        &format!("emulators:\n  - glob: {}\n", glob.display()),
+    );
+    assert_eq!(agent.get("/readyz").status, 200);
+    assert_eq!(agent.get("/v1/emulators").json(), serde_json::json!([]));
+    let log = agent.log_text();
+    assert!(
+        log.contains("no QEMU emulator found")
+            && log.contains(&glob.display().to_string())
+            && log.contains("install QEMU"),
+        "{log}"
+    );
+    assert_eq!(agent.metric("qcapsd_discovery_empty_total"), Some(1.0));
+
+    let out = common::qcapsd(&["check-config", agent.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("0 emulator(s)") && text.contains("warning: no QEMU emulator found"),
+        "{text}"
+    );
+
+    // The default discovery names its directories and patterns.
+    let empty = d.path().join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+        .args(["check-config", empty.to_str().unwrap()])
+        .env("PATH", d.path().join("nowhere"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("0 emulator(s)") {
+        // This machine has QEMU in /usr/libexec: discovery found it there.
+        assert!(std::path::Path::new("/usr/libexec").exists(), "{text}");
+        return;
+    }
+    assert!(
+        text.contains("looked for qemu-system-*, qemu-kvm, kvm in")
+            && text.contains(&format!(
+                "{}:/usr/libexec",
+                d.path().join("nowhere").display()
+            )),
+        "{text}"
+    );
+}
