@@ -451,6 +451,9 @@ pub struct Reporter {
     pub metrics: Arc<Metrics>,
     pub history: Arc<History>,
     pub versions: Arc<Versions>,
+    /// Whether the cache directory took the last write (`None`: not tried
+    /// yet): a change is logged once, not every write.
+    pub cache_dir_writable: std::sync::Mutex<Option<bool>>,
 }
 
 /// The side of a change an entry stands for.
@@ -511,6 +514,27 @@ impl cache::Observer<Emulators> for Reporter {
             .map_or(0.0, |d| d.as_secs_f64());
         self.metrics.record_change(key, &change.items, at);
         self.history.record(change);
+    }
+    fn store_writable(&self, dir: &Path, result: Result<(), &std::io::Error>) {
+        let now = result.is_ok();
+        let before = self
+            .cache_dir_writable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(now);
+        self.metrics.cache_dir_writable.set(i64::from(now));
+        match result {
+            Err(error) if before != Some(false) => tracing::warn!(
+                dir = %dir.display(),
+                %error,
+                "the cache directory cannot be written: serving from memory; the cache files are written once it can be (set `cache_dir` to a writable directory)"
+            ),
+            Ok(()) if before == Some(false) => tracing::info!(
+                dir = %dir.display(),
+                "the cache directory can be written again: writing the cache files"
+            ),
+            _ => {}
+        }
     }
     fn revalidation(&self) {
         self.metrics.revalidations.inc();

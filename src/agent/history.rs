@@ -52,6 +52,9 @@ pub struct History {
     changes: Mutex<HashMap<String, VecDeque<Change>>>,
     /// Emulators whose file must be rewritten, to the writer task.
     dirty: mpsc::UnboundedSender<String>,
+    /// Emulators whose last write failed (the cache directory cannot be
+    /// written): sent again by [`History::retry_unwritten`].
+    unwritten: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl History {
@@ -64,6 +67,7 @@ impl History {
             limit: Mutex::new(limit.max(1)),
             changes: Mutex::new(HashMap::new()),
             dirty,
+            unwritten: Mutex::new(std::collections::BTreeSet::new()),
         };
         (Arc::new(h), rx)
     }
@@ -158,6 +162,10 @@ impl History {
     /// Forgets an emulator no longer configured, and its file.
     pub fn remove(&self, key: &str) {
         self.lock().remove(key);
+        self.unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         self.store.remove(key);
     }
 
@@ -165,6 +173,9 @@ impl History {
     /// (on the blocking pool), until the channel closes.
     pub async fn write_files(self: Arc<Self>, mut dirty: mpsc::UnboundedReceiver<String>) {
         while let Some(key) = dirty.recv().await {
+            if !self.lock().contains_key(&key) {
+                continue; // removed meanwhile
+            }
             let file = HistoryFile {
                 format: FILE_FORMAT.to_owned(),
                 changes: self.of(&key),
@@ -179,11 +190,39 @@ impl History {
             };
             let store = self.store.clone();
             let k = key.clone();
-            match tokio::task::spawn_blocking(move || store.write(&k, &bytes)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(key, error = %e, "cannot write the history file"),
-                Err(e) => tracing::warn!(key, error = %e, "history write did not complete"),
+            let written = match tokio::task::spawn_blocking(move || store.write(&k, &bytes)).await {
+                Ok(Ok(())) => true,
+                // The cache directory's state is reported by the cache.
+                Ok(Err(e)) => {
+                    tracing::debug!(key, error = %e, "cannot write the history file; will retry");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "history write did not complete; will retry");
+                    false
+                }
+            };
+            let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+            if written {
+                unwritten.remove(&key);
+            } else {
+                unwritten.insert(key);
             }
+        }
+    }
+
+    /// Schedules again the files whose last write failed (called on each
+    /// revalidation pass, so they are written once the directory can be).
+    pub fn retry_unwritten(&self) {
+        let keys: Vec<String> = self
+            .unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for k in keys {
+            let _ = self.dirty.send(k);
         }
     }
 }

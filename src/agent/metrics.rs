@@ -97,6 +97,8 @@ pub struct Metrics {
     reloads: IntCounterVec,
     /// Times the emulator set resolved to nothing (start, reloads).
     pub discovery_empty: IntCounter,
+    /// Whether the cache directory took the last write.
+    pub cache_dir_writable: IntGauge,
     reload_ok: IntGauge,
     capability_changes: IntCounterVec,
     pub capabilities: IntGaugeVec,
@@ -350,6 +352,13 @@ impl Metrics {
                     "Times the emulator set came out empty, at start or on a reload: nothing to serve (logged with where discovery looked).",
                 ))?,
             )?,
+            cache_dir_writable: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "qcapsd_cache_dir_writable",
+                    "1 if the cache directory took the last write (a cache file, or the check at start), 0 if not: the agent then serves from memory, and a restart costs a probe per emulator. What QcapsdCacheDirNotWritable tests.",
+                ))?,
+            )?,
             reloads: counter(
                 "qcapsd_config_reloads_total",
                 "Config reloads (SIGHUP) by result: success or failure (a refused config keeps the running one).",
@@ -392,6 +401,7 @@ impl Metrics {
             m.reloads.with_label_values(&[result]);
         }
         m.reload_ok.set(1);
+        m.cache_dir_writable.set(1);
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

@@ -111,6 +111,7 @@ impl Agent {
                 metrics: Arc::clone(&metrics),
                 history: Arc::clone(&history),
                 versions: Arc::clone(&versions),
+                cache_dir_writable: Mutex::new(None),
             }),
         );
         cache.set_keys(&names(&specs));
@@ -154,6 +155,7 @@ impl Agent {
         }
         let (cache, history) = (Arc::clone(&self.cache), Arc::clone(&self.history));
         let loaded = tokio::task::spawn_blocking(move || {
+            cache.check_store();
             let swept = cache.store().sweep_temp_files();
             if swept > 0 {
                 tracing::warn!(files = swept, dir = %cache.store().dir().display(), "removed temporary files left by a crash");

@@ -104,6 +104,7 @@ impl Revalidator {
                 }
             }
             agent.cache.handler().refresh_host_context();
+            agent.history.retry_unwritten();
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = agent.cache.revalidate_all() => {}

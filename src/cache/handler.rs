@@ -85,6 +85,10 @@ pub trait Observer<H: Handler>: Send + Sync {
         _reason: &'static str,
     ) {
     }
+    /// Whether the cache directory took a write (a cache file, or the
+    /// check at start): `Err` says why not. Memory keeps serving either
+    /// way; unsaved data is written by a later pass.
+    fn store_writable(&self, _dir: &std::path::Path, _result: Result<(), &std::io::Error>) {}
     /// A pass of `Cache::revalidate_all`.
     fn revalidation(&self) {}
     /// A key was added (config load or reload).

@@ -291,6 +291,14 @@ impl<H: Handler> Cache<H> {
         k
     }
 
+    /// Checks that the store's directory takes files now, and reports it
+    /// ([`Observer::store_writable`]). Blocking (file I/O).
+    pub fn check_store(&self) {
+        let result = self.store.check_writable();
+        self.observer
+            .store_writable(self.store.dir(), result.as_ref().map(|_| ()));
+    }
+
     /// Serves `key` from its file when the file is sound and still valid.
     /// A corrupt, foreign or outdated file is removed (and logged). Returns
     /// whether the key is now served from disk. Blocking (file I/O): call it
@@ -655,18 +663,17 @@ impl<H: Handler> Cache<H> {
         let (store, k) = (self.store.clone(), key.to_owned());
         match tokio::task::spawn_blocking(move || store.write(&k, &bytes)).await {
             Ok(Ok(())) => {
+                self.observer.store_writable(self.store.dir(), Ok(()));
                 if let Some(slot) = self.lock().get_mut(key) {
                     if slot.data.as_ref().is_some_and(|d| Arc::ptr_eq(d, &data)) {
                         slot.unsaved = false;
                     }
                 }
             }
-            Ok(Err(error)) => tracing::warn!(
-                key,
-                dir,
-                %error,
-                "cannot write cache file; serving from memory, will retry"
-            ),
+            Ok(Err(error)) => {
+                tracing::debug!(key, dir, %error, "cannot write cache file; will retry");
+                self.observer.store_writable(self.store.dir(), Err(&error));
+            }
             Err(error) => {
                 tracing::warn!(key, %error, "cache file write did not complete; will retry")
             }

@@ -130,6 +130,16 @@ impl Store {
         std::fs::File::open(&self.dir)?.sync_all()
     }
 
+    /// Whether files can be written here now: the directory is created if
+    /// needed, and a temporary file made in it and removed.
+    pub fn check_writable(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(&self.dir)
+            .map(drop)
+    }
+
     /// Removes the file of `key` (absent is fine).
     pub fn remove(&self, key: &str) {
         if is_plain_key(key) {

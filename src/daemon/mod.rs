@@ -43,12 +43,6 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Socket(#[from] api::BindError),
-    #[error("{}: {source} (set `cache_dir` to a directory the agent can write)", .dir.display())]
-    CacheDir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("{}: another agent uses this cache directory (stop it, or set another `cache_dir`)", .0.display())]
     CacheDirInUse(PathBuf),
     #[error("cannot install signal handlers: {0}")]
@@ -108,26 +102,35 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daemon
     serve(cfg, reload_rx, shutdown).await
 }
 
-/// Takes `dir/.lock` for this agent (created if needed). Held as long as
-/// the returned descriptor lives: two agents never share a cache
-/// directory, so the start-up sweep cannot kill another agent's probes.
-fn lock_cache_dir(dir: &Path) -> Result<OwnedFd, DaemonError> {
+/// Takes the cache directory for this agent: an exclusive `flock` on the
+/// directory itself, opened read-only, which works on a read-only mount,
+/// an immutable directory, or a regular file where the directory should
+/// be. Held as long as the returned descriptor lives: two live agents
+/// never share a cache directory (the second is refused), so the start-up
+/// sweep cannot kill another agent's probes. `None`: there is nothing to
+/// lock (the path cannot even be created or opened); the agent runs from
+/// memory all the same, without the sweep.
+fn lock_cache_dir(dir: &Path) -> Result<Option<OwnedFd>, DaemonError> {
     use rustix::fs::{FlockOperation, Mode, OFlags};
-    let fail = |source: std::io::Error| DaemonError::CacheDir {
-        dir: dir.to_owned(),
-        source,
+    let _ = std::fs::create_dir_all(dir);
+    let fd = match rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot open the cache directory to lock it; running without the lock");
+            return Ok(None);
+        }
     };
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let fd = rustix::fs::open(
-        dir.join(".lock"),
-        OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| fail(e.into()))?;
     match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(fd),
+        Ok(()) => Ok(Some(fd)),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(DaemonError::CacheDirInUse(dir.to_owned())),
-        Err(e) => Err(fail(e.into())),
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot lock the cache directory; running without the lock");
+            Ok(None)
+        }
     }
 }
 
@@ -151,12 +154,15 @@ pub async fn serve(
     if cfg.listen.is_none() && cfg.unix_socket.is_none() {
         return Err(DaemonError::NoQueryApi);
     }
-    let _lock = lock_cache_dir(&cfg.cache_dir)?;
+    let lock = lock_cache_dir(&cfg.cache_dir)?;
     let agent = Agent::new(cfg.clone())?;
-    let sweeper = Arc::clone(&agent);
-    tokio::task::spawn_blocking(move || sweeper.sweep_leftovers())
-        .await
-        .ok();
+    // Only the holder of the directory may kill what was left in its name.
+    if lock.is_some() {
+        let sweeper = Arc::clone(&agent);
+        tokio::task::spawn_blocking(move || sweeper.sweep_leftovers())
+            .await
+            .ok();
+    }
     let ctx = Ctx::new(Arc::clone(&agent), shutdown.clone());
     let limits = cfg.http.clone();
     let app = api::router(ctx.clone());

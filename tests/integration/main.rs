@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod agent;
+mod cache_dir;
 mod api;
 mod changes;
 mod check;
