@@ -217,9 +217,11 @@ fn rules_pass_promtool_check_and_their_tests() {
         String::from_utf8_lossy(&test.stdout),
         String::from_utf8_lossy(&test.stderr)
     );
-    // Every alert of the rules file is exercised by the tests.
+    // Every alert of the rules file is exercised by the tests, and has a
+    // runbook entry.
     let rules = std::fs::read_to_string(repo("deploy/prometheus/qcapsd.rules.yml")).unwrap();
     let tests = std::fs::read_to_string(repo("deploy/prometheus/qcapsd.rules.test.yml")).unwrap();
+    let runbook = std::fs::read_to_string(repo("docs/metrics.md")).unwrap();
     for alert in rules
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
@@ -227,6 +229,10 @@ fn rules_pass_promtool_check_and_their_tests() {
         assert!(
             tests.contains(&format!("alertname: {alert}")),
             "{alert} has no promtool test"
+        );
+        assert!(
+            runbook.contains(&format!("**{alert}**")),
+            "{alert} has no runbook entry in docs/metrics.md"
         );
     }
 }
