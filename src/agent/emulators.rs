@@ -8,6 +8,7 @@
 //! changed after it was written (a bit flip, an edit), or written for
 //! another emulator, is discarded and re-probed, never served.
 
+use super::files::{self, CacheFileError};
 use crate::agent::history::History;
 use crate::agent::metrics::Metrics;
 use crate::agent::render::Rendered;
@@ -18,18 +19,13 @@ use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
 use crate::qemu::exec::{Accel, ExecCounter, FailureReason};
 use crate::qemu::fingerprint::{Fingerprint, Host, HostContext};
 use crate::qemu::probe::{ProbeError, ProbeRequest, probe};
-use crate::support::digest::Fnv64;
 use crate::verdicts::changes::{Change, Side};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
-
-/// Tag of cache files, so a foreign JSON file is never taken for ours.
-const FILE_FORMAT: &str = "qcapsd-cache";
 
 /// One emulator's cached capabilities.
 #[derive(Debug)]
@@ -69,66 +65,6 @@ struct Stored {
     fingerprint: Fingerprint,
     exec_seconds: f64,
     capabilities: Capabilities,
-}
-
-/// A cache file as written: the header, then `entry` verbatim.
-#[derive(Serialize)]
-struct FileOut<'a> {
-    format: &'a str,
-    schema_version: u32,
-    name: &'a str,
-    path: &'a Path,
-    checksum: String,
-    entry: &'a RawValue,
-}
-
-/// A cache file as read; `entry` keeps its exact bytes for the checksum.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileIn<'a> {
-    format: String,
-    schema_version: u32,
-    name: String,
-    path: PathBuf,
-    checksum: String,
-    #[serde(borrow)]
-    entry: &'a RawValue,
-}
-
-/// The checksum of a file's entry, bound to the emulator it is for.
-fn checksum(name: &str, path: &Path, entry: &str) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let h = Fnv64::default()
-        .field(name.as_bytes())
-        .field(path.as_os_str().as_bytes())
-        .field(entry.as_bytes())
-        .finish();
-    format!("fnv1a64:{h:016x}")
-}
-
-/// Why a cache file is not served.
-#[derive(Debug, thiserror::Error)]
-pub enum CacheFileError {
-    #[error("not a qcapsd cache file: {0}")]
-    Syntax(#[source] serde_json::Error),
-    #[error("format '{0}', expected '{FILE_FORMAT}'")]
-    Format(String),
-    #[error("schema version {0}, this agent writes {SCHEMA_VERSION}")]
-    Schema(u32),
-    #[error("written for emulator '{found}', not '{key}'")]
-    Name { found: String, key: String },
-    #[error("written for {}, configured {}", .found.display(), .configured.display())]
-    Path { found: PathBuf, configured: PathBuf },
-    #[error("checksum mismatch: the file changed after it was written")]
-    Checksum,
-    #[error("its document names {found}, not this emulator")]
-    Document { found: String },
-    #[error("bad exec_seconds")]
-    ExecSeconds,
-    #[error("emulator no longer configured")]
-    Unconfigured,
-    #[error("cannot encode: {0}")]
-    Encode(#[source] serde_json::Error),
 }
 
 /// How probes are run; replaced as a whole on reload.
@@ -379,29 +315,8 @@ impl Handler for Emulators {
             .get(key)
             .ok_or(CacheFileError::Unconfigured)?
             .path;
-        let f: FileIn = serde_json::from_slice(bytes).map_err(CacheFileError::Syntax)?;
-        if f.format != FILE_FORMAT {
-            return Err(CacheFileError::Format(f.format));
-        }
-        if f.schema_version != SCHEMA_VERSION {
-            return Err(CacheFileError::Schema(f.schema_version));
-        }
-        if f.name != key {
-            return Err(CacheFileError::Name {
-                found: f.name,
-                key: key.to_owned(),
-            });
-        }
-        if f.path != *configured {
-            return Err(CacheFileError::Path {
-                found: f.path,
-                configured: configured.clone(),
-            });
-        }
-        if f.checksum != checksum(&f.name, &f.path, f.entry.get()) {
-            return Err(CacheFileError::Checksum);
-        }
-        let s: Stored = serde_json::from_str(f.entry.get()).map_err(CacheFileError::Syntax)?;
+        let entry = files::open(bytes, files::CACHE_FORMAT, key, configured)?;
+        let s: Stored = serde_json::from_str(entry.get()).map_err(CacheFileError::Syntax)?;
         let doc = &s.capabilities;
         if s.capabilities.schema_version != SCHEMA_VERSION {
             return Err(CacheFileError::Schema(doc.schema_version));
@@ -424,17 +339,12 @@ impl Handler for Emulators {
             exec_seconds: e.exec_seconds,
             capabilities: e.caps.clone(),
         };
-        let entry = serde_json::value::to_raw_value(&stored).map_err(CacheFileError::Encode)?;
-        let path = Path::new(&e.caps.emulator.path);
-        let out = FileOut {
-            format: FILE_FORMAT,
-            schema_version: SCHEMA_VERSION,
-            name: key,
-            path,
-            checksum: checksum(key, path, entry.get()),
-            entry: &entry,
-        };
-        serde_json::to_vec(&out).map_err(CacheFileError::Encode)
+        files::seal(
+            files::CACHE_FORMAT,
+            key,
+            Path::new(&e.caps.emulator.path),
+            &stored,
+        )
     }
 }
 

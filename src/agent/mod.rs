@@ -3,7 +3,9 @@
 //! The HTTP servers and the revalidator share one `Arc<Agent>`.
 
 pub mod emulators;
+pub mod files;
 pub mod history;
+pub mod memo;
 pub mod metrics;
 pub mod render;
 pub mod revalidate;

@@ -120,3 +120,20 @@ pub fn probe_concurrency() -> usize {
         .map_or(1, usize::from)
         .clamp(1, PROBE_CONCURRENCY_CAP)
 }
+
+/// Queries recorded right after each probe when shims are kept, so the
+/// first caller never waits: one exec each per probe.
+pub const SHIM_PREWARM: &[&str] = &[
+    "--help",
+    "-version",
+    "-machine help",
+    "-cpu help",
+    "-device help",
+];
+/// Argument lists the memo keeps per emulator.
+pub const SHIM_MEMO_MAX_QUERIES: u64 = 64;
+/// Bytes of one memo answer (`-device help` is about 30 KB).
+pub const SHIM_MEMO_MAX_BYTES: u64 = 4 << 20;
+/// How long a shim waits for the agent's answer before it runs QEMU
+/// itself: a first answer may wait on a probe and a recording.
+pub const SHIM_TIMEOUT: Duration = Duration::from_secs(3);

@@ -18,8 +18,8 @@ pub mod values;
 
 pub use emulators::{EmulatorEntry, EmulatorList, name_problem};
 pub use values::{
-    AbsPath, Accels, DeviceName, DurationError, GlobPattern, Limit, MaxWait, Period, ValueError,
-    limits, parse_duration,
+    AbsPath, Accels, DeviceName, DurationError, GlobPattern, Limit, MaxWait, Period, PureQuery,
+    ShimDir, ValueError, limits, parse_duration,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,17 @@ pub struct Config {
     /// Where QEMU keeps its loadable modules; `None`: the usual places.
     pub module_dirs: Option<Vec<AbsPath>>,
     pub http: HttpLimits,
+    /// Where the agent keeps one shim per emulator (and their socket);
+    /// `None`: no shims.
+    pub shim_dir: Option<ShimDir>,
+    /// Queries recorded right after each probe (with `shim_dir`).
+    pub shim_prewarm: Vec<PureQuery>,
+    /// Argument lists the memo keeps per emulator.
+    pub shim_memo_max_queries: Limit<1, { limits::MAX_MEMO_QUERIES }>,
+    /// Bytes of one answer the memo keeps.
+    pub shim_memo_max_bytes: Limit<1, { limits::MAX_MEMO_BYTES }>,
+    /// How long a shim waits for the agent before it runs QEMU itself.
+    pub shim_timeout: Period,
 }
 
 /// Limits of the HTTP servers, all with defaults.
@@ -156,6 +167,14 @@ impl Default for Config {
             host_root: AbsPath(PathBuf::from(defaults::HOST_ROOT)),
             module_dirs: None,
             http: HttpLimits::default(),
+            shim_dir: None,
+            shim_prewarm: defaults::SHIM_PREWARM
+                .iter()
+                .map(|q| PureQuery(q.split_whitespace().map(str::to_owned).collect()))
+                .collect(),
+            shim_memo_max_queries: Limit(defaults::SHIM_MEMO_MAX_QUERIES),
+            shim_memo_max_bytes: Limit(defaults::SHIM_MEMO_MAX_BYTES),
+            shim_timeout: Period(defaults::SHIM_TIMEOUT),
         }
     }
 }
@@ -628,6 +647,34 @@ mod tests {
         for text in ["", "\n\n", "# nothing set\n", "---\n# nothing\n"] {
             assert_eq!(Config::parse(text).unwrap(), Config::default(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn shim_keys_are_checked_where_they_are_written() {
+        let c =
+            Config::parse("shim_dir: /var/lib/qcapsd/shims\nshim_prewarm: [-cpu help, --help]\n")
+                .unwrap();
+        assert_eq!(
+            c.shim_dir.unwrap().0,
+            PathBuf::from("/var/lib/qcapsd/shims")
+        );
+        assert_eq!(c.shim_prewarm[0].0, ["-cpu", "help"]);
+        assert_eq!(Config::default().shim_prewarm.len(), 5);
+        assert_eq!(Config::default().shim_memo_max_queries.get(), 64);
+        says_at(
+            "shim_prewarm: [-cpu help, -m 1024]\n",
+            "'-m 1024' is not a pure query",
+            1,
+        );
+        says_at(
+            "cache_dir: /x\nshim_prewarm:\n  - -cpu host\n",
+            "not a pure query",
+            3,
+        );
+        says_at("shim_dir: shims\n", "must be absolute", 1);
+        let long = format!("shim_dir: /{}\n", "d".repeat(100));
+        says_at(&long, "too long for the shims' socket", 1);
+        says_at("shim_memo_max_queries: 0\n", "less than 1", 1);
     }
 
     #[test]

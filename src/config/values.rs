@@ -23,6 +23,10 @@ pub mod limits {
     pub const MAX_CHANGE_HISTORY: u64 = 10_000;
     /// `http.max_wait` may not exceed this.
     pub const MAX_WAIT: Duration = Duration::from_secs(600);
+    /// Argument lists the memo keeps per emulator, at most.
+    pub const MAX_MEMO_QUERIES: u64 = 4096;
+    /// Bytes of one memo answer, at most.
+    pub const MAX_MEMO_BYTES: u64 = 64 << 20;
 }
 
 /// An absolute path (relative ones are refused: the agent's working
@@ -75,11 +79,20 @@ pub enum ValueError {
     WildDirectory(String),
     #[error("'{0}' is longer than 10 minutes")]
     WaitTooLong(String),
+    #[error(
+        "'{0}' is too long for the shims' socket in it ({1} bytes with /.qcapsd/agent.sock; a unix socket path takes at most {max})",
+        max = crate::support::shim_dir::MAX_SOCKET_PATH
+    )]
+    ShimDirTooLong(String, usize),
+    #[error(
+        "'{0}' is not a pure query (help or version requests only; see the README's shim section)"
+    )]
+    NotAPureQuery(String),
     #[error(transparent)]
     Duration(#[from] DurationError),
 }
 
-from_str_visitor!(AbsPath, "an absolute path", |s| {
+fn parse_abs(s: &str) -> Result<AbsPath, ValueError> {
     if s.is_empty() {
         Err(ValueError::EmptyPath)
     } else if !s.starts_with('/') {
@@ -87,7 +100,9 @@ from_str_visitor!(AbsPath, "an absolute path", |s| {
     } else {
         Ok(AbsPath(PathBuf::from(s)))
     }
-});
+}
+
+from_str_visitor!(AbsPath, "an absolute path", parse_abs);
 
 /// A positive duration written with a unit: `500ms`, `30s`, `5m`, `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +143,45 @@ from_str_visitor!(DeviceName, "a device type name", |s| {
         Ok(DeviceName(s.to_owned()))
     }
 });
+
+/// `shim_dir`: an absolute path leaving room for the shims' socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimDir(pub PathBuf);
+
+from_str_visitor!(ShimDir, "an absolute path", |s| {
+    let AbsPath(dir) = parse_abs(s)?;
+    let socket = crate::support::shim_dir::socket(&dir);
+    let len = socket.as_os_str().len();
+    if len > crate::support::shim_dir::MAX_SOCKET_PATH {
+        return Err(ValueError::ShimDirTooLong(s.to_owned(), len));
+    }
+    Ok(ShimDir(dir))
+});
+
+impl std::ops::Deref for ShimDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// One of `shim_prewarm`: a pure query, written as QEMU's arguments
+/// separated by spaces (`-machine help`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PureQuery(pub Vec<String>);
+
+from_str_visitor!(
+    PureQuery,
+    "a help or version request, e.g. '-cpu help'",
+    |s| {
+        let args: Vec<String> = s.split_whitespace().map(str::to_owned).collect();
+        if crate::qemu::cmdline::is_pure_query(&args) {
+            Ok(PureQuery(args))
+        } else {
+            Err(ValueError::NotAPureQuery(s.to_owned()))
+        }
+    }
+);
 
 /// A glob pattern: absolute, wildcards (`*`, `?`) in the last component.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -189,6 +189,8 @@ pub enum ExecError {
     },
     #[error("{}: probe cancelled", .path.display())]
     Cancelled { path: PathBuf },
+    #[error("{}: printed more than {limit} bytes", .path.display())]
+    OutputTooLarge { path: PathBuf, limit: usize },
     #[error("{}: {source}{}{}", .path.display(), status_suffix(.status), stderr_suffix(.stderr))]
     Qmp {
         path: PathBuf,
@@ -205,7 +207,10 @@ impl ExecError {
     pub fn started(&self) -> bool {
         matches!(
             self,
-            ExecError::Timeout { .. } | ExecError::Cancelled { .. } | ExecError::Qmp { .. }
+            ExecError::Timeout { .. }
+                | ExecError::Cancelled { .. }
+                | ExecError::Qmp { .. }
+                | ExecError::OutputTooLarge { .. }
         )
     }
 
@@ -230,6 +235,7 @@ impl ExecError {
                 FailureReason::Spawn
             }
             ExecError::Timeout { .. } => FailureReason::Timeout,
+            ExecError::OutputTooLarge { .. } => FailureReason::Qmp,
             ExecError::Cancelled { .. } => FailureReason::Cancelled,
             ExecError::Qmp { .. } => FailureReason::Qmp,
         }
@@ -415,71 +421,227 @@ struct Running {
 
 impl Running {
     async fn spawn(spec: &ExecSpec) -> Result<Self, ExecError> {
-        let mut waited = Duration::ZERO;
-        let mut retries = BUSY_RETRIES.iter();
-        let child = loop {
-            match spawn_on_spawner(command(spec)).await {
-                Ok(child) => break child,
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) => {
-                    let Some(&pause) = retries.next() else {
-                        return Err(ExecError::Busy {
-                            path: spec.path.clone(),
-                            waited,
-                        });
-                    };
-                    tracing::debug!(path = %spec.path.display(), "binary busy (open for writing); retrying");
-                    tokio::time::sleep(pause).await;
-                    waited += pause;
-                }
-                Err(e) => {
-                    return Err(match e.kind() {
-                        std::io::ErrorKind::NotFound => ExecError::NotFound {
-                            path: spec.path.clone(),
-                        },
-                        std::io::ErrorKind::PermissionDenied => ExecError::NotExecutable {
-                            path: spec.path.clone(),
-                        },
-                        _ => ExecError::Spawn {
-                            path: spec.path.clone(),
-                            source: e,
-                        },
-                    });
-                }
-            }
-        };
+        let child = spawn_child(&spec.path, || {
+            let mut cmd = sandboxed(&spec.path, spec.tag.as_deref());
+            cmd.args([
+                "-S",
+                "-no-user-config",
+                "-nodefaults",
+                "-nographic",
+                "-machine",
+                spec.accel.machine_arg(),
+                "-qmp",
+                "stdio",
+            ])
+            .stdin(Stdio::piped());
+            cmd
+        })
+        .await?;
         Ok(Self::started(child, spec.max_message))
     }
 }
 
-/// QEMU's command line and environment for one probe.
-fn command(spec: &ExecSpec) -> Command {
+/// Starts `make()` on the spawner thread, retrying while the binary is
+/// open for writing (`ETXTBSY`, see [`BUSY_RETRIES`]).
+async fn spawn_child(path: &Path, make: impl Fn() -> Command) -> Result<Child, ExecError> {
+    let mut waited = Duration::ZERO;
+    let mut retries = BUSY_RETRIES.iter();
+    loop {
+        match spawn_on_spawner(make()).await {
+            Ok(child) => return Ok(child),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()) => {
+                let Some(&pause) = retries.next() else {
+                    return Err(ExecError::Busy {
+                        path: path.to_owned(),
+                        waited,
+                    });
+                };
+                tracing::debug!(path = %path.display(), "binary busy (open for writing); retrying");
+                tokio::time::sleep(pause).await;
+                waited += pause;
+            }
+            Err(e) => {
+                return Err(match e.kind() {
+                    std::io::ErrorKind::NotFound => ExecError::NotFound {
+                        path: path.to_owned(),
+                    },
+                    std::io::ErrorKind::PermissionDenied => ExecError::NotExecutable {
+                        path: path.to_owned(),
+                    },
+                    _ => ExecError::Spawn {
+                        path: path.to_owned(),
+                        source: e,
+                    },
+                });
+            }
+        }
+    }
+}
+
+/// QEMU in the sandbox every exec of the agent gets: an empty environment
+/// but `PATH`, `LC_ALL=C` and the agent's tag, `/` as its directory, its
+/// own process group, killed with the agent (and on drop), stdout and
+/// stderr piped. The caller adds the arguments and stdin.
+fn sandboxed(path: &Path, tag: Option<&str>) -> Command {
     let path_env = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     // The one place qcapsd starts a process (clippy.toml forbids it
     // everywhere else).
     #[allow(clippy::disallowed_methods)]
-    let mut cmd = Command::new(&spec.path);
-    cmd.args([
-        "-S",
-        "-no-user-config",
-        "-nodefaults",
-        "-nographic",
-        "-machine",
-        spec.accel.machine_arg(),
-        "-qmp",
-        "stdio",
-    ])
-    .env_clear()
-    .env("PATH", path_env)
-    .env("LC_ALL", "C")
-    .envs(spec.tag.iter().map(|t| (TAG_VAR, t)))
-    .current_dir("/")
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0)
-    .kill_on_drop(true);
+    let mut cmd = Command::new(path);
+    cmd.env_clear()
+        .env("PATH", path_env)
+        .env("LC_ALL", "C")
+        .envs(tag.map(|t| (TAG_VAR, t)))
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
     die_with_parent(&mut cmd);
     cmd
+}
+
+// ---- pure queries: recorded, and run in place --------------------------
+
+/// A pure query (see [`super::cmdline`]) to record: QEMU run with `args`,
+/// under the name `argv0` (QEMU prefixes its messages with it).
+#[derive(Debug, Clone)]
+pub struct QuerySpec {
+    pub path: PathBuf,
+    pub argv0: String,
+    pub args: Vec<String>,
+    pub timeout: Duration,
+    /// The most bytes kept of stdout, and of stderr: more is an error.
+    pub max_output: usize,
+    /// Value of [`TAG_VAR`] in QEMU's environment.
+    pub tag: Option<String>,
+}
+
+/// How QEMU ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// What QEMU printed for a query, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit: Exit,
+    /// Wall time from spawn to reaped.
+    pub duration: Duration,
+}
+
+/// Kills a process group when dropped (a cancelled or timed-out query).
+struct Group(Option<Pid>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+            leaders().remove(&pgid.as_raw_nonzero().get());
+        }
+    }
+}
+
+/// Runs a pure query once in the sandbox (stdin empty) and captures what
+/// QEMU prints. Output over `max_output` on either stream fails the
+/// query (the process is killed); so do the timeout and cancellation.
+/// The process group is killed and the leader reaped in every case.
+pub async fn run_query(
+    spec: &QuerySpec,
+    counter: &ExecCounter,
+    cancel: &CancellationToken,
+) -> Result<Captured, ExecError> {
+    let path = absolute(&spec.path)?;
+    check_executable(&path)?;
+    let started = Instant::now();
+    let mut child = spawn_child(&path, || {
+        let mut cmd = sandboxed(&path, spec.tag.as_deref());
+        cmd.arg0(&spec.argv0).args(&spec.args).stdin(Stdio::null());
+        cmd
+    })
+    .await?;
+    counter.bump();
+    let group = Group(child.id().and_then(|id| Pid::from_raw(id as i32)));
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let limit = spec.max_output as u64 + 1;
+    let run = async {
+        let read = |pipe: Option<tokio::process::ChildStdout>| async move {
+            let mut buf = Vec::new();
+            if let Some(p) = pipe {
+                p.take(limit).read_to_end(&mut buf).await?;
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let read_err = async {
+            let mut buf = Vec::new();
+            if let Some(p) = err {
+                p.take(limit).read_to_end(&mut buf).await?;
+            }
+            Ok::<_, std::io::Error>(buf)
+        };
+        let (stdout, stderr) = tokio::try_join!(read(out), read_err)?;
+        if stdout.len() as u64 >= limit || stderr.len() as u64 >= limit {
+            return Ok(None);
+        }
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>(Some((stdout, stderr, status)))
+    };
+    let outcome = tokio::select! {
+        r = run => Some(r),
+        () = tokio::time::sleep(spec.timeout) => None,
+        () = cancel.cancelled() => {
+            drop(group);
+            return Err(ExecError::Cancelled { path });
+        }
+    };
+    drop(group);
+    if SUBREAPER.load(Ordering::Relaxed) {
+        let _ = tokio::task::spawn_blocking(reap_orphans).await;
+    }
+    match outcome {
+        None => Err(ExecError::Timeout {
+            path,
+            after: spec.timeout,
+            stderr: String::new(),
+        }),
+        Some(Err(source)) => Err(ExecError::Spawn { path, source }),
+        Some(Ok(None)) => Err(ExecError::OutputTooLarge {
+            path,
+            limit: spec.max_output,
+        }),
+        Some(Ok(Some((stdout, stderr, status)))) => Ok(Captured {
+            stdout,
+            stderr,
+            exit: match (status.code(), status.signal()) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(s)) => Exit::Signal(s),
+                _ => Exit::Signal(0),
+            },
+            duration: started.elapsed(),
+        }),
+    }
+}
+
+/// Replaces this process with QEMU at `path`, given `argv0` and `args`:
+/// the same pid, environment, descriptors and directory, so the caller's
+/// child *is* QEMU. Returns only if the exec failed. (Rust's `exec`
+/// resets the signal mask, and SIGPIPE to its default, as any exec from
+/// a Rust program does.)
+pub fn replace_process(
+    path: &Path,
+    argv0: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    #[allow(clippy::disallowed_methods)]
+    std::process::Command::new(path)
+        .arg0(argv0)
+        .args(args)
+        .exec()
 }
 
 impl Running {

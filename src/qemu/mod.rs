@@ -4,6 +4,7 @@
 //! (`probe`), and what makes a cached probe still valid (`fingerprint`).
 
 pub mod caps;
+pub mod cmdline;
 pub mod exec;
 pub mod fingerprint;
 pub mod parse;

@@ -1,7 +1,9 @@
 //! Small leaf helpers with no knowledge of QEMU or the agent: a content
 //! hash that is stable across builds, and RFC 3339 timestamps.
 
+pub mod base64;
 pub mod digest;
+pub mod shim_dir;
 pub mod timefmt;
 
 /// Declares a fieldless enum whose variants each carry a fixed label — a
