@@ -27,6 +27,8 @@
 //!   its limits, the bodies, OpenAPI, and the client the CLI uses.
 //! - [`daemon`]: `qcapsd run` — cache lock, listeners, signals, shutdown,
 //!   the lifecycle told to systemd.
+//! - [`shim`]: the binary run under an emulator's name — pure queries
+//!   answered by the agent, everything else QEMU in place.
 //! - [`cli`]: the command line, defined once (binary and man page).
 //!
 //! `unsafe` is denied everywhere; one function in [`qemu::exec`] (the
@@ -42,4 +44,5 @@ pub mod verdicts;
 pub mod agent;
 pub mod api;
 pub mod daemon;
+pub mod shim;
 pub mod cli;

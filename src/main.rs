@@ -1,4 +1,5 @@
-//! The `qcapsd` binary: wiring only. Parses the command line, starts the
+//! The `qcapsd` binary: wiring only. Run under an emulator's name it is a
+//! shim ([`qcapsd::shim`]); otherwise it parses the command line, starts the
 //! async runtime and logging, and hands each command to the library
 //! ([`qcapsd::daemon`] for `run`, [`qcapsd::cli::commands`] for the rest),
 //! which returns the exit code.
@@ -16,6 +17,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Run under an emulator's name: a shim, before anything else (no
+    // parser, no runtime; a VM start pays only this check and an exec).
+    if let Some(code) = qcapsd::shim::run_if_shim() {
+        return code;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

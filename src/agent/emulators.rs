@@ -9,14 +9,17 @@
 //! another emulator, is discarded and re-probed, never served.
 
 use super::files::{self, CacheFileError};
+use super::memo::{Answer, Limits, Memo, MemoError, OnChange, QueryKey, Source};
 use crate::agent::history::History;
 use crate::agent::metrics::Metrics;
 use crate::agent::render::Rendered;
 use crate::agent::watch::Versions;
+use crate::cache::store::Store;
 use crate::cache::{self, Absent, Handler};
 use crate::config::discovery::EmulatorSpec;
 use crate::qemu::caps::{Capabilities, SCHEMA_VERSION};
 use crate::qemu::exec::{Accel, ExecCounter, FailureReason};
+use crate::qemu::exec::{QuerySpec, run_query};
 use crate::qemu::fingerprint::{Fingerprint, Host, HostContext};
 use crate::qemu::probe::{ProbeError, ProbeRequest, probe};
 use crate::verdicts::changes::{Change, Side};
@@ -38,6 +41,8 @@ pub struct Entry {
     /// from disk: nothing ran).
     pub execs: Vec<Duration>,
     pub rendered: Rendered,
+    /// QEMU's answers to pure queries under this entry's fingerprint.
+    pub memo: Arc<Memo>,
 }
 
 impl Entry {
@@ -46,6 +51,7 @@ impl Entry {
         fingerprint: Fingerprint,
         exec_seconds: f64,
         execs: Vec<Duration>,
+        memo: Memo,
     ) -> Result<Entry, serde_json::Error> {
         let rendered = Rendered::new(&caps, &fingerprint, exec_seconds)?;
         Ok(Entry {
@@ -54,6 +60,7 @@ impl Entry {
             exec_seconds,
             execs,
             rendered,
+            memo: Arc::new(memo),
         })
     }
 }
@@ -83,6 +90,10 @@ pub struct ProbeSettings {
     /// noticed (and changes every fingerprint) without a stat per lookup
     /// of directories that are not there.
     pub module_dirs: Vec<PathBuf>,
+    /// The memo's bounds.
+    pub memo_limits: Limits,
+    /// Queries recorded right after each probe (none without shims).
+    pub prewarm: Vec<Vec<String>>,
 }
 
 impl ProbeSettings {
@@ -98,7 +109,19 @@ impl ProbeSettings {
             devices,
             module_dirs: existing(&candidates),
             module_dir_candidates: candidates,
+            memo_limits: Limits {
+                max_queries: crate::config::defaults::SHIM_MEMO_MAX_QUERIES as usize,
+                max_bytes: crate::config::defaults::SHIM_MEMO_MAX_BYTES as usize,
+            },
+            prewarm: Vec::new(),
         }
+    }
+
+    /// With the memo's bounds and the queries to record after each probe.
+    pub fn with_memo(mut self, limits: Limits, prewarm: Vec<Vec<String>>) -> Self {
+        self.memo_limits = limits;
+        self.prewarm = prewarm;
+        self
     }
 }
 
@@ -127,6 +150,8 @@ pub struct Emulators {
     view: RwLock<Arc<View>>,
     host: Host,
     pub counter: ExecCounter,
+    /// Where each emulator's memo is kept (`cache_dir/memo`).
+    memo_store: Store,
     /// Tag put in every probe's environment, so that processes left by an
     /// earlier instance of this agent can be found (see
     /// [`crate::qemu::exec::sweep_tagged`]).
@@ -139,6 +164,7 @@ impl Emulators {
         specs: &[EmulatorSpec],
         settings: ProbeSettings,
         probe_tag: String,
+        memo_store: Store,
     ) -> Self {
         let view = View {
             table: table_of(specs),
@@ -149,6 +175,7 @@ impl Emulators {
             view: RwLock::new(Arc::new(view)),
             host,
             counter: ExecCounter::default(),
+            memo_store,
             probe_tag,
         }
     }
@@ -206,6 +233,157 @@ impl Emulators {
                 if host_changed {
                     v.host = Arc::new(ctx);
                 }
+            });
+        }
+    }
+}
+
+impl Emulators {
+    /// A memo for `key`'s entry under `fingerprint`, holding `answers`,
+    /// that writes itself to `cache_dir/memo/KEY.json` after each new
+    /// answer (on the blocking pool, one write at a time; a write that
+    /// fails is left to the next answer: the memo keeps serving).
+    fn memo(
+        &self,
+        key: &str,
+        path: &Path,
+        fingerprint: &Fingerprint,
+        limits: &Limits,
+        answers: Vec<(QueryKey, Answer)>,
+    ) -> Memo {
+        let (store, key, path, fingerprint) = (
+            self.memo_store.clone(),
+            key.to_owned(),
+            path.to_owned(),
+            fingerprint.clone(),
+        );
+        let written = Arc::new(std::sync::Mutex::new(answers.len()));
+        let on_change: OnChange = Box::new(move |memo: &Memo| {
+            let snapshot = memo.snapshot();
+            let (store, key, path, fingerprint, written) = (
+                store.clone(),
+                key.clone(),
+                path.clone(),
+                fingerprint.clone(),
+                Arc::clone(&written),
+            );
+            let write = move || {
+                let mut last = written.lock().unwrap_or_else(|p| p.into_inner());
+                if snapshot.len() <= *last {
+                    return; // a newer snapshot is on disk already
+                }
+                let result = files::memo_file(&key, &path, &fingerprint, &snapshot)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| store.write(&key, &b).map_err(|e| e.to_string()));
+                match result {
+                    Ok(()) => *last = snapshot.len(),
+                    Err(error) => {
+                        tracing::debug!(key, %error, "cannot write the memo file; will retry")
+                    }
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(write)),
+                Err(_) => write(),
+            }
+        });
+        Memo::new(*limits, answers, on_change)
+    }
+
+    /// The answers `key`'s memo file holds for the entry of `fingerprint`;
+    /// a file that is unsound or belongs to another entry is removed.
+    /// Blocking.
+    fn read_memo(
+        &self,
+        key: &str,
+        path: &Path,
+        fingerprint: &Fingerprint,
+    ) -> Vec<(QueryKey, Answer)> {
+        let bytes = match self.memo_store.read(key) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Vec::new(),
+            Err(error) => {
+                tracing::warn!(key, %error, "cannot read the memo file; discarding it");
+                self.memo_store.remove(key);
+                return Vec::new();
+            }
+        };
+        match files::read_memo_file(&bytes, key, path, fingerprint) {
+            Ok(answers) => answers,
+            Err(error) => {
+                tracing::info!(key, %error, "discarding the memo file");
+                self.memo_store.remove(key);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Removes `key`'s memo file (the emulator is no longer configured).
+    pub fn remove_memo(&self, key: &str) {
+        self.memo_store.remove(key);
+    }
+
+    /// QEMU's answer to a pure query of emulator `key`, from `memo` or
+    /// recorded now in the sandbox (see [`Memo::answer`]).
+    pub async fn answer(
+        &self,
+        key: &str,
+        memo: &Arc<Memo>,
+        query: QueryKey,
+    ) -> Result<(Arc<Answer>, Source), MemoError> {
+        let view = self.view();
+        let path = view
+            .table
+            .get(key)
+            .map(|s| s.path.clone())
+            .ok_or(MemoError::Stopped)?;
+        let spec = QuerySpec {
+            path,
+            argv0: query.argv0.clone(),
+            args: query.args.clone(),
+            timeout: view.settings.timeout,
+            max_output: memo.limits().max_bytes,
+            tag: Some(self.probe_tag.clone()),
+        };
+        let counter = self.counter.clone();
+        memo.answer(query, move || async move {
+            run_query(&spec, &counter, &CancellationToken::new()).await
+        })
+        .await
+    }
+
+    /// Records the prewarm queries (config `shim_prewarm`, with shims) of
+    /// `key`'s new entry, each in a task of its own, under the name of the
+    /// emulator's binary; each recording is reported to `recorded`.
+    pub fn prewarm(
+        self: &Arc<Self>,
+        key: &str,
+        memo: &Arc<Memo>,
+        recorded: impl Fn(&str, &Result<(Arc<Answer>, Source), MemoError>) + Clone + Send + 'static,
+    ) {
+        let view = self.view();
+        let Some(spec) = view.table.get(key) else {
+            return;
+        };
+        let argv0 = spec
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for args in &view.settings.prewarm {
+            let query = QueryKey {
+                argv0: argv0.clone(),
+                args: args.clone(),
+            };
+            let (handler, memo, key, recorded) = (
+                Arc::clone(self),
+                Arc::clone(memo),
+                key.to_owned(),
+                recorded.clone(),
+            );
+            tokio::spawn(async move {
+                let result = handler.answer(&key, &memo, query).await;
+                recorded(&key, &result);
             });
         }
     }
@@ -295,7 +473,8 @@ impl Handler for Emulators {
                     .chain(&report.passes)
                     .map(|e| e.duration)
                     .collect();
-                Ok(Entry::new(caps, stamp, seconds, execs)?)
+                let memo = self.memo(key, &spec.path, &stamp, &settings.memo_limits, Vec::new());
+                Ok(Entry::new(caps, stamp, seconds, execs, memo)?)
             }
             Err(source) => {
                 // A QEMU that started is timed, failed ones too.
@@ -329,8 +508,22 @@ impl Handler for Emulators {
         if !s.exec_seconds.is_finite() || s.exec_seconds < 0.0 {
             return Err(CacheFileError::ExecSeconds);
         }
-        Entry::new(s.capabilities, s.fingerprint, s.exec_seconds, Vec::new())
-            .map_err(CacheFileError::Syntax)
+        let answers = self.read_memo(key, configured, &s.fingerprint);
+        let memo = self.memo(
+            key,
+            configured,
+            &s.fingerprint,
+            &view.settings.memo_limits,
+            answers,
+        );
+        Entry::new(
+            s.capabilities,
+            s.fingerprint,
+            s.exec_seconds,
+            Vec::new(),
+            memo,
+        )
+        .map_err(CacheFileError::Syntax)
     }
 
     fn save_file(&self, key: &str, e: &Entry) -> Result<Vec<u8>, CacheFileError> {
@@ -364,6 +557,9 @@ pub struct Reporter {
     /// Whether the cache directory took the last write (`None`: not tried
     /// yet): a change is logged once, not every write.
     pub cache_dir_writable: std::sync::Mutex<Option<bool>>,
+    /// The handler, for prewarming a new entry's memo and removing the
+    /// memo files of emulators no longer configured.
+    pub emulators: Arc<Emulators>,
 }
 
 /// The side of a change an entry stands for.
@@ -409,6 +605,10 @@ impl cache::Observer<Emulators> for Reporter {
     /// recorded. The first probe of an emulator is no change, nor is a
     /// re-probe that found everything as it was.
     fn replaced(&self, key: &str, previous: Option<&Entry>, new: &Entry, reason: &'static str) {
+        let metrics = Arc::clone(&self.metrics);
+        self.emulators.prewarm(key, &new.memo, move |key, result| {
+            metrics.record_shim(key, result);
+        });
         let Some(previous) = previous else { return };
         let now = SystemTime::now();
         let Some(change) = Change::new(key, reason, now, side(previous), side(new)) else {
@@ -453,6 +653,7 @@ impl cache::Observer<Emulators> for Reporter {
         self.metrics.add_emulator(key);
     }
     fn removed(&self, key: &str) {
+        self.emulators.remove_memo(key);
         self.metrics.remove_emulator(key);
         self.history.remove(key);
         self.versions.remove(key);

@@ -14,6 +14,7 @@
 //! `*_timestamp_seconds` gauges instead, whose value says when the last
 //! such event happened whenever it is first scraped.
 
+use crate::agent::memo::{Answer, MemoError, Source};
 use crate::qemu::FailureReason;
 use crate::qemu::caps::Capabilities;
 use prometheus::{
@@ -21,6 +22,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -63,6 +65,22 @@ impl CapabilityPart {
     }
 }
 
+crate::support::labelled! {
+    /// What became of a shim's request: the `result` of
+    /// `qcapsd_shim_requests_total`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+    pub enum ShimResult {
+        /// Answered from the memo: no exec.
+        Answered = "answered",
+        /// Recorded: the first request for an argument list, one exec.
+        Recorded = "recorded",
+        /// The shim ran QEMU: not a pure query, or past the memo's bounds.
+        RanQemu = "ran_qemu",
+        /// The agent did not answer; the shim ran QEMU.
+        FellBack = "fell_back",
+    }
+}
+
 /// The reasons of `qcapsd_probe_failures_total`, all created at zero.
 fn failure_reasons() -> impl Iterator<Item = &'static str> {
     FailureReason::ALL
@@ -94,6 +112,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_waiting: IntGauge,
+    shim_requests: IntCounterVec,
+    /// The count files last read: (emulator, result) → bytes seen, so each
+    /// scrape adds what the shims appended since.
+    shim_files: std::sync::Mutex<HashMap<(String, ShimResult), u64>>,
     reloads: IntCounterVec,
     /// Times the emulator set resolved to nothing (start, reloads).
     pub discovery_empty: IntCounter,
@@ -359,6 +381,12 @@ impl Metrics {
                     "1 if the cache directory took the last write (a cache file, or the check at start), 0 if not: the agent then serves from memory, and a restart costs a probe per emulator. What QcapsdCacheDirNotWritable tests.",
                 ))?,
             )?,
+            shim_requests: counter(
+                "qcapsd_shim_requests_total",
+                "Calls of an emulator through its shim, by result: answered (from the memo, no exec), recorded (first call of an argument list: one exec), ran_qemu (the shim ran QEMU: not a pure query, or past the memo's bounds), fell_back (the agent did not answer; the shim ran QEMU). Created at 0 per emulator.",
+                &["emulator", "result"],
+            )?,
+            shim_files: std::sync::Mutex::new(HashMap::new()),
             reloads: counter(
                 "qcapsd_config_reloads_total",
                 "Config reloads (SIGHUP) by result: success or failure (a refused config keeps the running one).",
@@ -450,6 +478,9 @@ impl Metrics {
         for part in CapabilityPart::ALL {
             self.capabilities.with_label_values(&[e, part.as_str()]);
         }
+        for r in ShimResult::ALL {
+            self.shim_requests.with_label_values(&[e, r.as_str()]);
+        }
     }
 
     /// Forgets every series of an emulator no longer configured.
@@ -475,6 +506,13 @@ impl Metrics {
         for part in CapabilityPart::ALL {
             let _ = self.capabilities.remove_label_values(&[e, part.as_str()]);
         }
+        for r in ShimResult::ALL {
+            let _ = self.shim_requests.remove_label_values(&[e, r.as_str()]);
+        }
+        self.shim_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(x, _), _| x != e);
         let _ = self.exec_duration.remove_label_values(&[e]);
         let _ = self.seconds_saved.remove_label_values(&[e]);
         let _ = self.emulator_up.remove_label_values(&[e]);
@@ -561,6 +599,44 @@ impl Metrics {
     /// When `e`'s last breaking change happened.
     pub fn breaking_change_at(&self, e: &str, at_unix: f64) {
         self.last_breaking.with_label_values(&[e]).set(at_unix);
+    }
+
+    /// A pure query of emulator `e` answered by the memo, recorded, or
+    /// refused past its bounds (the shim runs QEMU). A recording is an
+    /// exec, timed with the probes'; an answer from the memo saves the
+    /// recording's exec time.
+    pub fn record_shim(&self, e: &str, result: &Result<(Arc<Answer>, Source), MemoError>) {
+        let counted = match result {
+            Ok((answer, Source::Memo)) => {
+                self.seconds_saved
+                    .with_label_values(&[e])
+                    .inc_by(answer.exec_seconds.max(0.0));
+                ShimResult::Answered
+            }
+            Ok((answer, Source::Recorded)) => {
+                self.observe_exec(e, Duration::from_secs_f64(answer.exec_seconds.max(0.0)));
+                ShimResult::Recorded
+            }
+            Err(MemoError::Full(_) | MemoError::TooLarge(_)) => ShimResult::RanQemu,
+            Err(_) => return,
+        };
+        self.shim_requests
+            .with_label_values(&[e, counted.as_str()])
+            .inc();
+    }
+
+    /// What the shims counted themselves (they cannot reach the agent when
+    /// they run QEMU): `bytes` is the size of `e`'s count file for
+    /// `result`; what it grew since the last look is added.
+    pub fn shim_count_file(&self, e: &str, result: ShimResult, bytes: u64) {
+        let mut seen = self.shim_files.lock().unwrap_or_else(|p| p.into_inner());
+        let last = seen.entry((e.to_owned(), result)).or_insert(0);
+        if bytes > *last {
+            self.shim_requests
+                .with_label_values(&[e, result.as_str()])
+                .inc_by(bytes - *last);
+        }
+        *last = bytes;
     }
 
     /// A config reload was applied (`true`) or refused.

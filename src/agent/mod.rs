@@ -9,6 +9,7 @@ pub mod memo;
 pub mod metrics;
 pub mod render;
 pub mod revalidate;
+pub mod shims;
 pub mod watch;
 
 use crate::agent::emulators::{Emulators, ProbeSettings, Reporter};
@@ -19,7 +20,8 @@ use crate::cache::{Backoff, Cache, State, store::Store};
 use crate::config::discovery::{self, DiscoveryError, EmulatorSpec, Resolved};
 use crate::config::{Config, defaults};
 use crate::qemu::fingerprint::Host;
-use metrics::CapabilityPart;
+use crate::support::shim_dir;
+use metrics::{CapabilityPart, ShimResult};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -53,16 +55,34 @@ pub struct Agent {
     config: RwLock<Arc<Config>>,
     /// The machine the agent runs on (read once).
     system: SystemFacts,
+    /// What the last shim update could not make, so it is logged once.
+    shims_skipped: Mutex<Vec<String>>,
 }
 
 fn settings(cfg: &Config) -> ProbeSettings {
+    // Prewarming serves shims: without them, nothing is recorded unasked.
+    let prewarm = match cfg.shim_dir {
+        Some(_) => cfg.shim_prewarm.iter().map(|q| q.0.clone()).collect(),
+        None => Vec::new(),
+    };
     ProbeSettings::new(
         cfg.accels.0.clone(),
         *cfg.probe_timeout,
         cfg.device_properties(),
         cfg.module_dirs(),
     )
+    .with_memo(
+        memo::Limits {
+            max_queries: cfg.shim_memo_max_queries.get() as usize,
+            max_bytes: cfg.shim_memo_max_bytes.get() as usize,
+        },
+        prewarm,
+    )
 }
+
+/// The running binary, as the kernel has it (also when the file was
+/// replaced since): what the shims run.
+const SELF_EXE: &str = "/proc/self/exe";
 
 /// The tag in every probe's environment: names this agent's cache, so a
 /// later instance with the same cache directory finds what an earlier one
@@ -91,18 +111,19 @@ impl Agent {
         let metrics = Arc::new(Metrics::register()?);
         report_discovery(&resolved, &metrics);
         let specs = resolved.emulators;
+        let store = Store::new(&cfg.cache_dir.0);
         let handler = Arc::new(Emulators::new(
             Host::new(&cfg.host_root.0),
             &specs,
             settings(&cfg),
             probe_tag(&cfg.cache_dir),
+            store.subdir("memo"),
         ));
-        let store = Store::new(&cfg.cache_dir.0);
         let (history, history_writes) =
             History::new(store.subdir("history"), cfg.change_history.get() as usize);
         let versions = Arc::new(Versions::default());
         let cache = Cache::new(
-            handler,
+            Arc::clone(&handler),
             store,
             cfg.probe_concurrency(),
             Backoff {
@@ -114,6 +135,7 @@ impl Agent {
                 history: Arc::clone(&history),
                 versions: Arc::clone(&versions),
                 cache_dir_writable: Mutex::new(None),
+                emulators: handler,
             }),
         );
         cache.set_keys(&names(&specs));
@@ -127,6 +149,7 @@ impl Agent {
             started: tokio::sync::watch::Sender::new(false),
             config: RwLock::new(Arc::new(cfg)),
             system: SystemFacts::read(),
+            shims_skipped: Mutex::new(Vec::new()),
         }))
     }
 
@@ -210,17 +233,11 @@ impl Agent {
         if cfg.cache_dir != old.cache_dir || cfg.host_root != old.host_root {
             tracing::warn!("cache_dir and host_root change only on restart");
         }
-        let handler = self.cache.handler();
-        let old = handler.view();
-        handler.configure(&specs, settings(&cfg));
-        for s in &specs {
-            if old.table.get(&s.name).is_some_and(|o| o.path != s.path) {
-                tracing::info!(emulator = %s.name, path = %s.path.display(), "emulator path changed");
-                self.cache.reset(&s.name);
-            }
+        if cfg.shim_dir != old.shim_dir {
+            tracing::warn!("shim_dir changes only on restart");
         }
+        let added = self.apply(&specs, settings(&cfg));
         self.history.set_limit(cfg.change_history.get() as usize);
-        let added = self.cache.set_keys(&names(&specs));
         tracing::info!(
             emulators = specs.len(),
             added = added.len(),
@@ -229,6 +246,119 @@ impl Agent {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
         self.metrics.record_reload(true);
         Ok(())
+    }
+
+    /// Makes the emulator set `specs`, probed with `settings`: an emulator
+    /// whose path changed starts over, removed ones are dropped with their
+    /// files, added ones are pending. Returns the names added.
+    fn apply(&self, specs: &[EmulatorSpec], settings: ProbeSettings) -> Vec<String> {
+        let handler = self.cache.handler();
+        let old = handler.view();
+        handler.configure(specs, settings);
+        for s in specs {
+            if old.table.get(&s.name).is_some_and(|o| o.path != s.path) {
+                tracing::info!(emulator = %s.name, path = %s.path.display(), "emulator path changed");
+                self.cache.reset(&s.name);
+            }
+        }
+        self.cache.set_keys(&names(specs))
+    }
+
+    /// Runs discovery again (globs and the default discovery; listed paths
+    /// change only on reload): a binary installed or removed since joins or
+    /// leaves the emulator set, and the shims follow. Returns whether the
+    /// set changed. Reads directories: call it off the serving path (the
+    /// revalidator does, each pass).
+    pub async fn rediscover(&self) -> bool {
+        let cfg = self.config();
+        if !discovery::searches(&cfg) {
+            return false;
+        }
+        let resolve = Arc::clone(&cfg);
+        let Ok(Ok(resolved)) =
+            tokio::task::spawn_blocking(move || discovery::resolve(&resolve)).await
+        else {
+            return false;
+        };
+        let mut now = resolved.emulators.clone();
+        now.sort();
+        let mut before: Vec<EmulatorSpec> = self
+            .cache
+            .handler()
+            .view()
+            .table
+            .values()
+            .cloned()
+            .collect();
+        before.sort();
+        if now == before {
+            return false;
+        }
+        let added: Vec<&str> = now
+            .iter()
+            .filter(|s| !before.contains(s))
+            .map(|s| s.name.as_str())
+            .collect();
+        let removed: Vec<&str> = before
+            .iter()
+            .filter(|s| !now.contains(s))
+            .map(|s| s.name.as_str())
+            .collect();
+        tracing::info!(?added, ?removed, "discovery found the emulators changed");
+        report_discovery(&resolved, &self.metrics);
+        self.apply(&resolved.emulators, settings(&cfg));
+        self.sync_shims().await;
+        true
+    }
+
+    /// Makes the shim directory (config `shim_dir`) hold one shim per
+    /// emulator now configured. A directory that cannot be written is
+    /// logged: callers of a missing shim run QEMU as before.
+    pub async fn sync_shims(&self) {
+        let cfg = self.config();
+        let Some(dir) = cfg.shim_dir.as_ref().map(|d| d.0.clone()) else {
+            return;
+        };
+        let specs: Vec<EmulatorSpec> = self
+            .cache
+            .handler()
+            .view()
+            .table
+            .values()
+            .cloned()
+            .collect();
+        let timeout_ms = cfg.shim_timeout.as_millis() as u64;
+        let task_dir = dir.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            shims::sync(
+                &task_dir,
+                &specs,
+                std::path::Path::new(SELF_EXE),
+                timeout_ms,
+            )
+        })
+        .await;
+        match synced {
+            Ok(Ok(done)) => {
+                for (name, real) in &done.written {
+                    tracing::info!(shim = %dir.join(name).display(), real = %real.display(), "shim in place");
+                }
+                for name in &done.removed {
+                    tracing::info!(shim = %dir.join(name).display(), "shim removed");
+                }
+                let mut last = self.shims_skipped.lock().unwrap_or_else(|p| p.into_inner());
+                if *last != done.skipped {
+                    for s in &done.skipped {
+                        tracing::warn!("shim not made: {s}");
+                    }
+                    *last = done.skipped;
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot keep the shim directory; callers of its shims run QEMU as before")
+            }
+            Err(error) => tracing::warn!(%error, "shim directory update did not complete"),
+        }
     }
 
     /// Records a reload refused before it reached the agent (unreadable or
@@ -247,6 +377,8 @@ impl Agent {
             .filter_map(|s| s.path.parent().map(PathBuf::from))
             .collect();
         dirs.extend(view.settings.module_dir_candidates.iter().cloned());
+        // Where a search looks, so a binary installed there is found.
+        dirs.extend(discovery::searched_dirs(&self.config()));
         dirs.sort();
         dirs.dedup();
         dirs
@@ -305,7 +437,29 @@ impl Agent {
                 .with_label_values(&[&st.key])
                 .set(i64::from(up));
         }
+        self.read_shim_counts(&view);
         m.encode()
+    }
+
+    /// What the shims counted themselves (pass-throughs, fallbacks): the
+    /// sizes of their count files, into `qcapsd_shim_requests_total`.
+    fn read_shim_counts(&self, view: &emulators::View) {
+        let cfg = self.config();
+        let Some(dir) = cfg.shim_dir.as_ref() else {
+            return;
+        };
+        let specs: Vec<EmulatorSpec> = view.table.values().cloned().collect();
+        let (shims, _) = shims::wanted(&specs);
+        for (shim, spec) in &shims {
+            for (what, result) in [
+                (shim_dir::RAN_QEMU, ShimResult::RanQemu),
+                (shim_dir::FELL_BACK, ShimResult::FellBack),
+            ] {
+                if let Ok(m) = std::fs::metadata(shim_dir::count_file(dir, shim, what)) {
+                    self.metrics.shim_count_file(&spec.name, result, m.len());
+                }
+            }
+        }
     }
 
     /// A one-line summary for the service manager: `2 emulators: 2 fresh,

@@ -103,6 +103,7 @@ impl Revalidator {
                     }
                 }
             }
+            agent.rediscover().await;
             agent.cache.handler().refresh_host_context();
             agent.history.retry_unwritten();
             tokio::select! {

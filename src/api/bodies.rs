@@ -79,6 +79,25 @@ pub struct EmulatorRow {
     pub failures: u32,
 }
 
+/// `GET /v1/emulators/{name}/help`: QEMU's answer to a pure query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HelpAnswer {
+    /// The name QEMU was run under (its messages start with it).
+    pub argv0: String,
+    /// The arguments, as asked.
+    pub args: Vec<String>,
+    /// What QEMU wrote to stdout, byte for byte, in base64.
+    pub stdout: String,
+    /// What QEMU wrote to stderr, byte for byte, in base64.
+    pub stderr: String,
+    /// QEMU's exit status.
+    pub exit_code: i32,
+    /// `memo` (replayed, no exec) or `recorded` (this request ran QEMU).
+    pub source: String,
+    /// How long the recording exec took.
+    pub exec_seconds: f64,
+}
+
 /// Every error answer: `{"error": "...", "status": N}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {

@@ -35,6 +35,7 @@ pub mod bodies;
 pub mod check;
 pub mod client;
 mod handlers;
+pub mod help;
 mod longpoll;
 pub mod openapi;
 pub mod query;
@@ -126,6 +127,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/v1/emulators/{name}/commands", part_route(|r| &r.commands))
         .route("/v1/emulators/{name}/revalidate", post(revalidate))
         .route("/v1/emulators/{name}/changes", get(emulator_changes))
+        .route("/v1/emulators/{name}/help", get(help::handler))
         .route("/v1/changes", get(all_changes))
         .route("/v1/check", get(check::handler))
         .route("/v1/host", get(host))
@@ -133,6 +135,15 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
+    finish(routes, ctx)
+}
+
+/// Only the shims' route and `/healthz`, for the socket in the shim
+/// directory (which any caller of a shim may reach).
+pub fn shim_router(ctx: Ctx) -> Router {
+    let routes = Router::new()
+        .route("/v1/emulators/{name}/help", get(help::handler))
+        .route("/healthz", get(healthz));
     finish(routes, ctx)
 }
 

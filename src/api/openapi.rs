@@ -9,7 +9,7 @@
 //! validate every JSON body they receive against these schemas.
 
 use crate::agent::render::{CacheMeta, DeviceDoc};
-use crate::api::bodies::{EmulatorRow, ErrorBody, Health, HostDoc, Revalidating};
+use crate::api::bodies::{EmulatorRow, ErrorBody, Health, HelpAnswer, HostDoc, Revalidating};
 use crate::qemu::caps::{Capabilities, CpuModel, Machine};
 use crate::verdicts::changes::Change;
 use crate::verdicts::check::Verdict;
@@ -155,6 +155,24 @@ const CHECK_PARAMS: &[Param] = &[
     query("cpus", positive, false, "Number of vCPUs."),
 ];
 
+const HELP_PARAMS: &[Param] = &[
+    NAME,
+    Param {
+        name: "argv0",
+        location: "query",
+        required: true,
+        repeat: false,
+        schema: string,
+        description: "The name QEMU is run under (a plain name; QEMU's messages start with it).",
+    },
+    query(
+        "arg",
+        string,
+        true,
+        "One argument, in order; repeatable. Together a pure query: help or version requests, and the modifiers allowed beside them.",
+    ),
+];
+
 fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
     let schema = Body::Json;
     let error = g.subschema_for::<ErrorBody>().to_value();
@@ -292,6 +310,20 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
             ],
         },
         Route {
+            path: "/v1/emulators/{name}/help",
+            method: "get",
+            summary: "QEMU's own answer to a pure query (a help or version request): stdout and stderr byte for byte, and the exit status, recorded once per argument list under the emulator's current fingerprint. What the shims ask.",
+            params: HELP_PARAMS,
+            responses: vec![
+                (200, schema(g.subschema_for::<HelpAnswer>().to_value())),
+                (400, err()),
+                (404, err()),
+                (502, err()),
+                (503, err()),
+                (507, err()),
+            ],
+        },
+        Route {
             path: "/v1/host",
             method: "get",
             summary: "The host facts the fingerprint uses, and the machine.",
@@ -347,6 +379,8 @@ fn reason(status: u16) -> &'static str {
         404 => "No such emulator, device or route",
         413 => "Request body too large",
         429 => "Too many forced probes: see Retry-After",
+        502 => "QEMU could not be recorded (it timed out, or was killed)",
+        507 => "Past the memo's bounds (argument lists, bytes): run QEMU",
         503 => {
             "No answer yet: the emulator is pending, being probed, failed with no earlier data, or missing"
         }

@@ -409,7 +409,7 @@ pub enum BindError {
 /// replaced only if it is stale: if anything answers a connect on it, that
 /// is a running agent, and binding is refused. Any other kind of file is
 /// never touched.
-pub fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, BindError> {
+pub fn bind_unix(path: &std::path::Path, mode: u32) -> Result<tokio::net::UnixListener, BindError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let io = |source| BindError::Io {
         path: path.to_owned(),
@@ -429,7 +429,7 @@ pub fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, Bin
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let l = tokio::net::UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     Ok(l)
 }
 

@@ -71,6 +71,30 @@ enum Origin<'a> {
     Discovery,
 }
 
+/// Whether `cfg`'s emulator set depends on what is on disk (globs or the
+/// default discovery) rather than listed paths only.
+pub fn searches(cfg: &Config) -> bool {
+    match &cfg.emulators {
+        None => true,
+        Some(list) => list.0.iter().any(|e| matches!(e, EmulatorEntry::Glob(_))),
+    }
+}
+
+/// The directories a search looks in (to watch them for new binaries).
+pub fn searched_dirs(cfg: &Config) -> Vec<PathBuf> {
+    match &cfg.emulators {
+        None => discovery_dirs(),
+        Some(list) => list
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                EmulatorEntry::Glob(g) => Path::new(&g.0).parent().map(Path::to_path_buf),
+                EmulatorEntry::Path { .. } => None,
+            })
+            .collect(),
+    }
+}
+
 /// Resolves `cfg`'s emulators now. Symlinks to a binary already in the set
 /// are skipped (Debian's qemu-system-amd64 is qemu-system-x86_64).
 pub fn resolve(cfg: &Config) -> Result<Resolved, DiscoveryError> {

@@ -13,6 +13,7 @@ use crate::agent::{Agent, AgentError};
 use crate::api::client::Target;
 use crate::api::{self, Ctx, Listener};
 use crate::config::{Config, ConfigError};
+use crate::support::shim_dir;
 use notify::Notifier;
 use std::future::Future;
 use std::os::fd::OwnedFd;
@@ -173,9 +174,25 @@ pub async fn serve(
         listeners.push((Listener::Tcp(l), app.clone()));
     }
     if let Some(path) = &cfg.unix_socket {
-        let l = api::bind_unix(path)?;
+        let l = api::bind_unix(path, 0o660)?;
         tracing::info!(path = %path.display(), "query API listening on unix socket");
         listeners.push((Listener::Unix(l), app.clone()));
+    }
+    // The shims, and their socket: any caller of a shim may reach it, and
+    // it answers only pure queries.
+    if let Some(dir) = &cfg.shim_dir {
+        agent.sync_shims().await;
+        let path = shim_dir::socket(dir);
+        match api::bind_unix(&path, 0o666) {
+            Ok(l) => {
+                tracing::info!(path = %path.display(), "shims' socket listening");
+                listeners.push((Listener::Unix(l), api::shim_router(ctx.clone())));
+            }
+            Err(e @ api::BindError::InUse(_)) => return Err(e.into()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for the shims; they run QEMU themselves")
+            }
+        }
     }
     if let Some(addr) = cfg.metrics_listen {
         let l = bind_tcp(addr).await?;
@@ -217,7 +234,10 @@ pub async fn serve(
                 notifier.reloading();
                 match loaded {
                     Ok(c) => match agent.reload(c) {
-                        Ok(()) => { let _ = revalidate_tx.try_send(()); }
+                        Ok(()) => {
+                            agent.sync_shims().await;
+                            let _ = revalidate_tx.try_send(());
+                        }
                         Err(e) => tracing::error!(error = %e, "config reload refused; keeping the running config"),
                     },
                     Err(e) => {
@@ -240,6 +260,9 @@ pub async fn serve(
     while servers.join_next().await.is_some() {}
     if let Some(path) = &cfg.unix_socket {
         let _ = std::fs::remove_file(&**path);
+    }
+    if let Some(dir) = &cfg.shim_dir {
+        let _ = std::fs::remove_file(shim_dir::socket(dir));
     }
     tracing::info!("stopped");
     Ok(())

@@ -332,6 +332,7 @@ fn handler(path: &Path) -> qcapsd::agent::emulators::Emulators {
             Vec::new(),
         ),
         "test".into(),
+        qcapsd::cache::store::Store::new(path.with_file_name("memo")),
     )
 }
 

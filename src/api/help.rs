@@ -1,0 +1,141 @@
+//! `GET /v1/emulators/{name}/help?argv0=NAME&arg=A&arg=B…`: QEMU's own
+//! answer to a pure query (a help or version request,
+//! [`crate::qemu::cmdline`]), as the shims ask for it: stdout and stderr
+//! byte for byte (base64) and the exit status, recorded once per argument
+//! list under the emulator's current fingerprint ([`crate::agent::memo`]).
+//!
+//! The query is checked before anything else: an argument list that is
+//! not a pure query, or an `argv0` that is not a plain name, is a 400 and
+//! reaches neither QEMU nor the memo. Past the memo's bounds the answer is
+//! 507 (the caller runs QEMU itself); a recording that failed is 502.
+
+use super::Ctx;
+use super::bodies::HelpAnswer;
+use super::handlers::EmulatorPath;
+use super::query::{self, QueryError};
+use super::respond::{bad_query, json_error, json_value, lookup, printable};
+use crate::agent::memo::{MemoError, QueryKey, Source};
+use crate::qemu::cmdline;
+use crate::support::base64;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+
+/// The parameters the route takes.
+pub const PARAMS: &str = "argv0|arg";
+
+/// The most arguments one query has.
+pub const MAX_ARGS: usize = 32;
+
+/// A query's argv[0] and arguments, if they are a pure query.
+pub fn parse(raw: Option<&str>) -> Result<QueryKey, QueryError> {
+    let pairs = query::parse(raw)?;
+    let pairs = query::only(&pairs, PARAMS, &["arg"])?;
+    let argv0 = match query::value(pairs, "argv0") {
+        Some(a) if cmdline::is_plain_name(a) => a.to_owned(),
+        Some(a) => {
+            return Err(QueryError::BadValue(
+                "argv0",
+                format!("'{}' is not a plain name", printable(a)),
+            ));
+        }
+        None => return Err(QueryError::BadValue("argv0", "missing".to_owned())),
+    };
+    let args: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "arg")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if args.len() > MAX_ARGS {
+        return Err(QueryError::BadValue("arg", format!("more than {MAX_ARGS}")));
+    }
+    if !cmdline::is_pure_query(&args) {
+        return Err(QueryError::BadValue(
+            "arg",
+            "not a pure query: only help and version requests are answered (see the README's shim section)".to_owned(),
+        ));
+    }
+    Ok(QueryKey { argv0, args })
+}
+
+pub(super) async fn handler(
+    State(ctx): State<Ctx>,
+    EmulatorPath { name, .. }: EmulatorPath,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let key = match parse(q.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return bad_query(&e),
+    };
+    let entry = match lookup(&ctx, &name).await {
+        Ok(a) => a.data,
+        Err(r) => return r,
+    };
+    let result = ctx
+        .agent
+        .cache
+        .handler()
+        .answer(&name, &entry.memo, key.clone())
+        .await;
+    ctx.agent.metrics.record_shim(&name, &result);
+    match result {
+        Ok((answer, source)) => json_value(
+            StatusCode::OK,
+            &HelpAnswer {
+                argv0: key.argv0,
+                args: key.args,
+                stdout: base64::encode(&answer.stdout),
+                stderr: base64::encode(&answer.stderr),
+                exit_code: answer.exit_code,
+                source: match source {
+                    Source::Memo => "memo",
+                    Source::Recorded => "recorded",
+                }
+                .to_owned(),
+                exec_seconds: answer.exec_seconds,
+            },
+        ),
+        Err(e @ (MemoError::Full(_) | MemoError::TooLarge(_))) => json_error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            &format!("emulator '{name}': not kept: {e}; run QEMU"),
+        ),
+        Err(e) => json_error(
+            StatusCode::BAD_GATEWAY,
+            &format!("emulator '{name}': cannot record: {e}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pure_queries_under_a_plain_name_are_taken() {
+        let k = parse(Some("argv0=kvm&arg=-enable-kvm&arg=--help")).unwrap();
+        assert_eq!(
+            (k.argv0.as_str(), k.args.as_slice()),
+            ("kvm", &["-enable-kvm".to_owned(), "--help".to_owned()][..])
+        );
+        let k = parse(Some(
+            "argv0=qemu-system-x86_64&arg=-device&arg=virtio-net-pci%2Chelp",
+        ))
+        .unwrap();
+        assert_eq!(k.args[1], "virtio-net-pci,help");
+        for bad in [
+            "arg=-help",
+            "argv0=&arg=-help",
+            "argv0=..%2Fsh&arg=-help",
+            "argv0=q&arg=-m&arg=1024",
+            "argv0=q",
+            "argv0=q&arg=-cpu&arg=help&arg=-qmp&arg=unix%3A%2Ftmp%2Fs",
+            "argv0=q&arg=-help%00",
+            "argv0=q&arg=-help&x=1",
+            "argv0=q&argv0=r&arg=-help",
+        ] {
+            assert!(parse(Some(bad)).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..40).map(|_| "arg=-S".to_owned()).collect();
+        assert!(parse(Some(&format!("argv0=q&arg=-help&{}", many.join("&")))).is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! The shim: the qcapsd binary run under an emulator's name, through a
+//! symlink in the shim directory ([`crate::support::shim_dir`]). Tools that
+//! exec QEMU for its help text are pointed at it, unmodified.
+//!
+//! `main` calls [`run_if_shim`] before anything else: no argument parser,
+//! no runtime, no thread. The shim reads its manifest (which emulator,
+//! which real binary) into a buffer on the stack, then:
+//!
+//! - a pure query ([`crate::qemu::cmdline`]) is answered by the agent,
+//!   over the socket in the shim directory, within the manifest's timeout:
+//!   QEMU's own stdout, stderr and exit status, recorded once;
+//! - anything else, and every query the agent does not answer, runs QEMU
+//!   in place ([`crate::qemu::exec::replace_process`]): the caller's child
+//!   *is* QEMU, with the same pid, argv, environment and descriptors. The
+//!   pass-through never contacts the agent; it appends one byte to a count
+//!   file (how the agent learns of it) and execs.
+//!
+//! No caller fails or hangs because of qcapsd: an agent that is stopped,
+//! gone, slow or confused costs at most the timeout, then QEMU runs.
+
+use crate::api::bodies::HelpAnswer;
+use crate::qemu::cmdline;
+use crate::qemu::exec::replace_process;
+use crate::support::base64;
+use crate::support::shim_dir::{self, FELL_BACK, Manifest, RAN_QEMU};
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The most bytes a manifest may have (it is a few short lines).
+const MANIFEST_MAX: usize = 4096;
+/// The most bytes of an answer read from the agent (the memo's largest
+/// answer in base64, and then some).
+const ANSWER_MAX: u64 = 96 << 20;
+
+/// The exit status of a shim that cannot run QEMU at all (as a shell says
+/// of a command it cannot find).
+const EXIT_NOT_FOUND: u8 = 127;
+/// The exit status of a shim whose QEMU cannot be executed.
+const EXIT_CANNOT_EXEC: u8 = 126;
+
+/// The path this process was executed by (`AT_EXECFN`): the shim's own
+/// path, whatever argv[0] the caller chose.
+fn exec_path() -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(rustix::param::linux_execfn().to_bytes()))
+}
+
+/// When this process is a shim (run under any name but `qcapsd…`), runs
+/// it and returns its exit status; `None` for the `qcapsd` command.
+pub fn run_if_shim() -> Option<ExitCode> {
+    let path = exec_path();
+    let name = path.file_name()?.to_str().unwrap_or("");
+    if name.starts_with("qcapsd") || name.is_empty() {
+        return None;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Some(run(&dir, name))
+}
+
+/// The shim `name` in `dir`.
+fn run(dir: &Path, name: &str) -> ExitCode {
+    let mut buf = [0u8; MANIFEST_MAX];
+    let manifest_path = shim_dir::manifest(dir, name);
+    let manifest = match read_manifest(&manifest_path, &mut buf) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!(
+                "{name}: qcapsd shim: {}: {why} (is this a shim directory kept by qcapsd?)",
+                manifest_path.display()
+            );
+            return ExitCode::from(EXIT_NOT_FOUND);
+        }
+    };
+    let real = Path::new(manifest.real);
+    if is_this_binary(real) {
+        eprintln!(
+            "{name}: qcapsd shim: the real binary {} is this shim itself",
+            real.display()
+        );
+        return ExitCode::from(EXIT_NOT_FOUND);
+    }
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let (argv0, args) = match argv.split_first() {
+        Some((first, rest)) => (first.clone(), rest),
+        None => (OsString::from(name), &[][..]),
+    };
+    if cmdline::is_pure_query(args) {
+        match ask(dir, &manifest, &argv0, args) {
+            Ok(answer) => return replay(&answer),
+            // The agent counted it: past the memo's bounds.
+            Err(Asked::NotKept) => {}
+            Err(Asked::Failed) => count(dir, name, FELL_BACK),
+        }
+    } else {
+        count(dir, name, RAN_QEMU);
+    }
+    let error = replace_process(real, &argv0, args);
+    eprintln!(
+        "{}: cannot run {}: {error}",
+        argv0.to_string_lossy(),
+        real.display()
+    );
+    ExitCode::from(match error.kind() {
+        std::io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+        _ => EXIT_CANNOT_EXEC,
+    })
+}
+
+fn read_manifest<'a>(path: &Path, buf: &'a mut [u8; MANIFEST_MAX]) -> Result<Manifest<'a>, String> {
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if n == buf.len() {
+            return Err("larger than a manifest".to_owned());
+        }
+    }
+    shim_dir::parse_manifest(&buf[..n]).map_err(|e| e.to_string())
+}
+
+/// Whether `real` is this very binary (a manifest pointing at a shim would
+/// exec itself forever).
+fn is_this_binary(real: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(real), std::fs::metadata("/proc/self/exe")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Adds one to a count file of the shim (best effort: a caller that may
+/// not write there is not stopped).
+fn count(dir: &Path, name: &str, what: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(shim_dir::count_file(dir, name, what))
+    {
+        let _ = f.write_all(b"\n");
+    }
+}
+
+/// Why the agent gave no answer.
+enum Asked {
+    /// Past the memo's bounds (507): the agent counted it.
+    NotKept,
+    /// Not reachable, too slow, an error, or an answer that does not read.
+    Failed,
+}
+
+/// QEMU's answer, as the agent gives it.
+struct Answer {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit_code: i32,
+}
+
+/// Asks the agent for QEMU's answer to the pure query `args`, run as
+/// `argv0` (its base name).
+fn ask(dir: &Path, manifest: &Manifest, argv0: &OsStr, args: &[OsString]) -> Result<Answer, Asked> {
+    let base = Path::new(argv0)
+        .file_name()
+        .and_then(OsStr::to_str)
+        .filter(|b| cmdline::is_plain_name(b))
+        .ok_or(Asked::Failed)?;
+    let enc = crate::api::client::percent_encode;
+    let mut target = format!(
+        "/v1/emulators/{}/help?argv0={}",
+        enc(manifest.emulator),
+        enc(base)
+    );
+    for a in args {
+        // Pure queries are UTF-8 (the allow-list says so).
+        target.push_str("&arg=");
+        target.push_str(&enc(a.to_str().ok_or(Asked::Failed)?));
+    }
+    let timeout = Duration::from_millis(manifest.timeout_ms.max(1));
+    let (status, body) = get(&shim_dir::socket(dir), &target, timeout).ok_or(Asked::Failed)?;
+    match status {
+        200 => {}
+        507 => return Err(Asked::NotKept),
+        _ => return Err(Asked::Failed),
+    }
+    let a: HelpAnswer = serde_json::from_slice(&body).map_err(|_| Asked::Failed)?;
+    Ok(Answer {
+        stdout: base64::decode(&a.stdout).map_err(|_| Asked::Failed)?,
+        stderr: base64::decode(&a.stderr).map_err(|_| Asked::Failed)?,
+        exit_code: a.exit_code,
+    })
+}
+
+/// One GET over the unix socket at `socket`, within `timeout` for each
+/// read and write: the status and the body, or `None`.
+fn get(socket: &Path, target: &str, timeout: Duration) -> Option<(u16, Vec<u8>)> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: qcapsd-shim\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    s.take(ANSWER_MAX).read_to_end(&mut response).ok()?;
+    parse_response(&response)
+}
+
+/// The status and body of a whole HTTP/1.1 response read to the end of
+/// its connection (a body with a length; anything else is `None`).
+fn parse_response(r: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let head_end = r.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&r[..head_end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()?
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()?;
+    let mut length = None;
+    for l in lines {
+        let (k, v) = l.split_once(':')?;
+        if k.eq_ignore_ascii_case("content-length") {
+            length = Some(v.trim().parse::<usize>().ok()?);
+        } else if k.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+    }
+    let body = &r[head_end + 4..];
+    let body = body.get(..length?)?;
+    Some((status, body.to_vec()))
+}
+
+/// Writes QEMU's answer as QEMU would: stdout, stderr, exit status.
+fn replay(a: &Answer) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&a.stdout).and_then(|()| out.flush());
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(&a.stderr).and_then(|()| err.flush());
+    ExitCode::from(u8::try_from(a.exit_code & 0xff).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_with_a_length_are_read_and_others_are_not() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\n{}\r\nXX";
+        assert_eq!(parse_response(ok), Some((200, b"{}\r\n".to_vec())));
+        let full = b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(full), Some((507, b"{}".to_vec())));
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n{}",
+            b"garbage",
+            b"",
+        ] {
+            assert_eq!(
+                parse_response(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
