@@ -96,6 +96,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::CheckConfig { file } => commands::check_config(&file),
+        Command::Shim { config, dir, sync } => commands::shim(config, dir, sync),
     }
 }
 

@@ -341,3 +341,83 @@ pub fn print_bytes(bytes: &[u8]) -> ExitCode {
         Err(e) => fail(format_args!("writing stdout: {e}"), Exit::Failure),
     }
 }
+
+/// The config `qcapsd shim` reads without --config: the package's.
+pub const PACKAGE_CONFIG: &str = "/etc/qcapsd/config.yaml";
+
+/// `qcapsd shim`: the shims in the directory and what each fronts, and
+/// whether the agent answers on their socket; with `sync`, first makes
+/// them match the emulators the config finds.
+pub fn shim(config: Option<PathBuf>, dir: Option<PathBuf>, sync: bool) -> ExitCode {
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let file = config.unwrap_or_else(|| PathBuf::from(PACKAGE_CONFIG));
+            let cfg = match Config::load(&file) {
+                Ok(c) => c,
+                Err(e) => return fail(e, Exit::Usage),
+            };
+            let Some(dir) = cfg.shim_dir.as_ref().map(|d| d.0.clone()) else {
+                return fail(
+                    format_args!(
+                        "{}: no `shim_dir`: the agent keeps no shims",
+                        file.display()
+                    ),
+                    Exit::Usage,
+                );
+            };
+            if sync {
+                let resolved = match discovery::resolve(&cfg) {
+                    Ok(r) => r,
+                    Err(e) => return fail(format_args!("{}: {e}", file.display()), Exit::Usage),
+                };
+                let timeout_ms = cfg.shim_timeout.as_millis() as u64;
+                match crate::agent::shims::sync(
+                    &dir,
+                    &resolved.emulators,
+                    Path::new("/proc/self/exe"),
+                    timeout_ms,
+                ) {
+                    Ok(done) => {
+                        for s in &done.skipped {
+                            eprintln!("qcapsd: shim not made: {s}");
+                        }
+                    }
+                    Err(e) => return fail(format_args!("{}: {e}", dir.display()), Exit::Failure),
+                }
+            }
+            dir
+        }
+    };
+    let shims = match crate::agent::shims::list(&dir) {
+        Ok(s) => s,
+        Err(e) => return fail(format_args!("{}: {e}", dir.display()), Exit::Failure),
+    };
+    let socket = crate::support::shim_dir::socket(&dir);
+    let answering = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+    let mut out = format!(
+        "{}: {} shim(s); the agent {}\n",
+        dir.display(),
+        shims.len(),
+        if answering {
+            "answers their pure queries"
+        } else {
+            "does not answer (the shims run QEMU themselves)"
+        }
+    );
+    out += &tables::table(
+        &["SHIM", "EMULATOR", "FRONTS"],
+        shims
+            .into_iter()
+            .map(|s| {
+                let fronts = if s.linked {
+                    s.real
+                } else {
+                    format!("{} (link missing)", s.real)
+                };
+                vec![dir.join(&s.name).display().to_string(), s.emulator, fronts]
+            })
+            .collect(),
+    );
+    print_bytes(out.as_bytes())
+}

@@ -114,6 +114,21 @@ pub enum Command {
     },
     /// Validate a config file and say what it would do.
     CheckConfig { file: PathBuf },
+    /// List the shims (config `shim_dir`) and what each fronts, and whether
+    /// the agent answers them; with --sync, make them match the emulators
+    /// the config finds (what the agent does at start; the package runs it
+    /// at install).
+    Shim {
+        /// The config naming `shim_dir` (default: /etc/qcapsd/config.yaml).
+        #[arg(long, short, conflicts_with = "dir")]
+        config: Option<PathBuf>,
+        /// The shim directory itself (listing only).
+        #[arg(long, conflicts_with = "sync")]
+        dir: Option<PathBuf>,
+        /// Create, update and remove shims to match the config's emulators.
+        #[arg(long)]
+        sync: bool,
+    },
 }
 
 /// The VM `check` and `compare` ask about.

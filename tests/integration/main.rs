@@ -23,3 +23,4 @@ mod probe_faults;
 mod probe_real;
 mod probe_replay;
 mod schema;
+mod shim;

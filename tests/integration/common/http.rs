@@ -148,3 +148,14 @@ pub fn wait_ready(port: u16) -> bool {
         buf.starts_with(b"HTTP/1.1 200")
     })
 }
+
+/// `GET path` over the unix socket at `socket`.
+pub fn unix_get(socket: &std::path::Path, path: &str) -> Resp {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    parse_response(&buf)
+}

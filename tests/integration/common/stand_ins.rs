@@ -132,3 +132,29 @@ pub async fn probe_kvm_and_tcg(
     .await
     .map(|(caps, _)| caps)
 }
+
+/// A stand-in emulator that is probed like QEMU (replaying `transcript`
+/// over QMP, each probe counted in `count_file`) and answers every other
+/// command line as a help text would: `TAG: help for ARGS` on stdout, a
+/// line on stderr, exit status 3; each such exec is logged (its
+/// arguments) to `log`. Written atomically at `path` (a rename, as a
+/// package upgrade does), so it can replace an earlier one.
+pub fn help_stand_in(path: &Path, transcript_file: &str, tag: &str, count_file: &Path, log: &Path) {
+    let replayer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replay_qemu.py");
+    let staged = path.with_file_name(format!(".staged-{tag}"));
+    std::fs::write(
+        &staged,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in\n  *\" -qmp \"*) echo exec >> '{count}'; exec '{py}' '{replayer}' '{t}' \"$@\" ;;\nesac\n\
+             echo \"{tag} $*\" >> '{log}'\necho \"{tag}: help for $*\"\necho \"{tag} on stderr: $*\" >&2\nexit 3\n",
+            count = count_file.display(),
+            py = python3().display(),
+            replayer = replayer.display(),
+            t = transcript(transcript_file).display(),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
