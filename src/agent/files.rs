@@ -180,8 +180,8 @@ pub fn memo_file(
             .map(|(k, a)| StoredAnswer {
                 argv0: k.argv0.clone(),
                 args: k.args.clone(),
-                stdout: base64::encode(&a.stdout),
-                stderr: base64::encode(&a.stderr),
+                stdout: a.encoded.0.clone(),
+                stderr: a.encoded.1.clone(),
                 exit_code: a.exit_code,
                 exec_seconds: a.exec_seconds,
             })
@@ -217,12 +217,12 @@ pub fn read_memo_file(
                     argv0: a.argv0,
                     args: a.args,
                 },
-                Answer {
-                    stdout: bytes(&a.stdout)?,
-                    stderr: bytes(&a.stderr)?,
-                    exit_code: a.exit_code,
-                    exec_seconds: a.exec_seconds,
-                },
+                Answer::new(
+                    bytes(&a.stdout)?,
+                    bytes(&a.stderr)?,
+                    a.exit_code,
+                    a.exec_seconds,
+                ),
             ))
         })
         .collect()

@@ -36,6 +36,25 @@ pub struct Answer {
     pub exit_code: i32,
     /// How long the recording exec took: what each replay saves.
     pub exec_seconds: f64,
+    /// `stdout` and `stderr` in base64, as every replay sends them:
+    /// encoded once, when the answer is made.
+    pub encoded: (String, String),
+}
+
+impl Answer {
+    pub fn new(stdout: Vec<u8>, stderr: Vec<u8>, exit_code: i32, exec_seconds: f64) -> Answer {
+        let encoded = (
+            crate::support::base64::encode(&stdout),
+            crate::support::base64::encode(&stderr),
+        );
+        Answer {
+            stdout,
+            stderr,
+            exit_code,
+            exec_seconds,
+            encoded,
+        }
+    }
 }
 
 /// The memo's bounds (config `shim_memo_max_queries`,
@@ -214,12 +233,12 @@ impl Memo {
                 stderr,
                 exit: Exit::Code(exit_code),
                 duration,
-            }) => Ok(Arc::new(Answer {
+            }) => Ok(Arc::new(Answer::new(
                 stdout,
                 stderr,
                 exit_code,
-                exec_seconds: duration.as_secs_f64(),
-            })),
+                duration.as_secs_f64(),
+            ))),
         };
         {
             let mut inner = self.lock();

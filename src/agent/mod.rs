@@ -80,10 +80,6 @@ fn settings(cfg: &Config) -> ProbeSettings {
     )
 }
 
-/// The running binary, as the kernel has it (also when the file was
-/// replaced since): what the shims run.
-const SELF_EXE: &str = "/proc/self/exe";
-
 /// The tag in every probe's environment: names this agent's cache, so a
 /// later instance with the same cache directory finds what an earlier one
 /// left running.
@@ -328,14 +324,9 @@ impl Agent {
             .cloned()
             .collect();
         let timeout_ms = cfg.shim_timeout.as_millis() as u64;
-        let task_dir = dir.clone();
+        let (task_dir, binary) = (dir.clone(), cfg.shim_binary());
         let synced = tokio::task::spawn_blocking(move || {
-            shims::sync(
-                &task_dir,
-                &specs,
-                std::path::Path::new(SELF_EXE),
-                timeout_ms,
-            )
+            shims::sync(&task_dir, &specs, &binary, timeout_ms)
         })
         .await;
         match synced {

@@ -16,7 +16,6 @@ use super::query::{self, QueryError};
 use super::respond::{bad_query, json_error, json_value, lookup, printable};
 use crate::agent::memo::{MemoError, QueryKey, Source};
 use crate::qemu::cmdline;
-use crate::support::base64;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -84,8 +83,8 @@ pub(super) async fn handler(
             &HelpAnswer {
                 argv0: key.argv0,
                 args: key.args,
-                stdout: base64::encode(&answer.stdout),
-                stderr: base64::encode(&answer.stderr),
+                stdout: answer.encoded.0.clone(),
+                stderr: answer.encoded.1.clone(),
                 exit_code: answer.exit_code,
                 source: match source {
                     Source::Memo => "memo",

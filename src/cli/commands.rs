@@ -375,7 +375,7 @@ pub fn shim(config: Option<PathBuf>, dir: Option<PathBuf>, sync: bool) -> ExitCo
                 match crate::agent::shims::sync(
                     &dir,
                     &resolved.emulators,
-                    Path::new("/proc/self/exe"),
+                    &cfg.shim_binary(),
                     timeout_ms,
                 ) {
                     Ok(done) => {

@@ -137,3 +137,7 @@ pub const SHIM_MEMO_MAX_BYTES: u64 = 4 << 20;
 /// How long a shim waits for the agent's answer before it runs QEMU
 /// itself: a first answer may wait on a probe and a recording.
 pub const SHIM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The running binary, as the kernel has it (also when its file was
+/// replaced since): what the shims run unless `shim_binary` says.
+pub const SELF_EXE: &str = "/proc/self/exe";

@@ -100,6 +100,10 @@ pub struct Config {
     /// Where the agent keeps one shim per emulator (and their socket);
     /// `None`: no shims.
     pub shim_dir: Option<ShimDir>,
+    /// The binary copied into `shim_dir` for the shims to run; `None`: the
+    /// agent's own. The package points it at its static build, which
+    /// starts in under a millisecond.
+    pub shim_binary: Option<AbsPath>,
     /// Queries recorded right after each probe (with `shim_dir`).
     pub shim_prewarm: Vec<PureQuery>,
     /// Argument lists the memo keeps per emulator.
@@ -168,6 +172,7 @@ impl Default for Config {
             module_dirs: None,
             http: HttpLimits::default(),
             shim_dir: None,
+            shim_binary: None,
             shim_prewarm: defaults::SHIM_PREWARM
                 .iter()
                 .map(|q| PureQuery(q.split_whitespace().map(str::to_owned).collect()))
@@ -323,6 +328,13 @@ impl Config {
     /// Device names whose properties are read.
     pub fn device_properties(&self) -> Vec<String> {
         self.device_properties.iter().map(|d| d.0.clone()).collect()
+    }
+
+    /// The binary the shims run: `shim_binary`, or the running agent.
+    pub fn shim_binary(&self) -> PathBuf {
+        self.shim_binary
+            .as_ref()
+            .map_or_else(|| PathBuf::from(defaults::SELF_EXE), |p| p.0.clone())
     }
 
     /// QEMU module directories whose mtime is part of the fingerprint.

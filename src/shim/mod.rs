@@ -18,13 +18,13 @@
 //! No caller fails or hangs because of qcapsd: an agent that is stopped,
 //! gone, slow or confused costs at most the timeout, then QEMU runs.
 
-use crate::api::bodies::HelpAnswer;
 use crate::qemu::cmdline;
 use crate::qemu::exec::replace_process;
 use crate::support::base64;
 use crate::support::shim_dir::{self, FELL_BACK, Manifest, RAN_QEMU};
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,7 +34,7 @@ use std::time::Duration;
 const MANIFEST_MAX: usize = 4096;
 /// The most bytes of an answer read from the agent (the memo's largest
 /// answer in base64, and then some).
-const ANSWER_MAX: u64 = 96 << 20;
+const ANSWER_MAX: usize = 96 << 20;
 
 /// The exit status of a shim that cannot run QEMU at all (as a shell says
 /// of a command it cannot find).
@@ -158,6 +158,15 @@ enum Asked {
     Failed,
 }
 
+/// The fields of [`crate::api::bodies::HelpAnswer`] the shim needs,
+/// borrowed from the response.
+#[derive(serde::Deserialize)]
+struct AnswerRef<'a> {
+    stdout: &'a str,
+    stderr: &'a str,
+    exit_code: i32,
+}
+
 /// QEMU's answer, as the agent gives it.
 struct Answer {
     stdout: Vec<u8>,
@@ -185,23 +194,28 @@ fn ask(dir: &Path, manifest: &Manifest, argv0: &OsStr, args: &[OsString]) -> Res
         target.push_str(&enc(a.to_str().ok_or(Asked::Failed)?));
     }
     let timeout = Duration::from_millis(manifest.timeout_ms.max(1));
-    let (status, body) = get(&shim_dir::socket(dir), &target, timeout).ok_or(Asked::Failed)?;
+    let (status, response, body) =
+        get(&shim_dir::socket(dir), &target, timeout).ok_or(Asked::Failed)?;
+    let body = &response[body];
     match status {
         200 => {}
         507 => return Err(Asked::NotKept),
         _ => return Err(Asked::Failed),
     }
-    let a: HelpAnswer = serde_json::from_slice(&body).map_err(|_| Asked::Failed)?;
+    // Borrowed from the body: base64 needs no JSON escape, so nothing is
+    // copied but the decoded bytes.
+    let a: AnswerRef = serde_json::from_slice(body).map_err(|_| Asked::Failed)?;
     Ok(Answer {
-        stdout: base64::decode(&a.stdout).map_err(|_| Asked::Failed)?,
-        stderr: base64::decode(&a.stderr).map_err(|_| Asked::Failed)?,
+        stdout: base64::decode(a.stdout).map_err(|_| Asked::Failed)?,
+        stderr: base64::decode(a.stderr).map_err(|_| Asked::Failed)?,
         exit_code: a.exit_code,
     })
 }
 
 /// One GET over the unix socket at `socket`, within `timeout` for each
-/// read and write: the status and the body, or `None`.
-fn get(socket: &Path, target: &str, timeout: Duration) -> Option<(u16, Vec<u8>)> {
+/// read and write: the status, the response and where its body is in it;
+/// or `None`.
+fn get(socket: &Path, target: &str, timeout: Duration) -> Option<(u16, Vec<u8>, Range<usize>)> {
     let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;
@@ -209,14 +223,33 @@ fn get(socket: &Path, target: &str, timeout: Duration) -> Option<(u16, Vec<u8>)>
         "GET {target} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: qcapsd-shim\r\nConnection: close\r\n\r\n"
     );
     s.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    s.take(ANSWER_MAX).read_to_end(&mut response).ok()?;
-    parse_response(&response)
+    // One buffer, sized for most answers at once: growing it from a few
+    // bytes costs an allocation (with musl, an mmap) and a read each time.
+    let mut response = vec![0u8; 64 << 10];
+    let mut len = 0;
+    loop {
+        if len == response.len() {
+            if len >= ANSWER_MAX {
+                return None;
+            }
+            response.resize(len * 2, 0);
+        }
+        match s.read(&mut response[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    response.truncate(len);
+    let (status, body) = parse_response(&response)?;
+    Some((status, response, body))
 }
 
-/// The status and body of a whole HTTP/1.1 response read to the end of
-/// its connection (a body with a length; anything else is `None`).
-fn parse_response(r: &[u8]) -> Option<(u16, Vec<u8>)> {
+/// The status and where the body is, of a whole HTTP/1.1 response read to
+/// the end of its connection (a body with a length; anything else is
+/// `None`).
+fn parse_response(r: &[u8]) -> Option<(u16, Range<usize>)> {
     let head_end = r.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&r[..head_end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -235,9 +268,9 @@ fn parse_response(r: &[u8]) -> Option<(u16, Vec<u8>)> {
             return None;
         }
     }
-    let body = &r[head_end + 4..];
-    let body = body.get(..length?)?;
-    Some((status, body.to_vec()))
+    let start = head_end + 4;
+    let end = start.checked_add(length?)?;
+    (end <= r.len()).then_some((status, start..end))
 }
 
 /// Writes QEMU's answer as QEMU would: stdout, stderr, exit status.
@@ -256,9 +289,11 @@ mod tests {
     #[test]
     fn responses_with_a_length_are_read_and_others_are_not() {
         let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 4\r\n\r\n{}\r\nXX";
-        assert_eq!(parse_response(ok), Some((200, b"{}\r\n".to_vec())));
+        let (status, body) = parse_response(ok).unwrap();
+        assert_eq!((status, &ok[body]), (200, &b"{}\r\n"[..]));
         let full = b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(parse_response(full), Some((507, b"{}".to_vec())));
+        let (status, body) = parse_response(full).unwrap();
+        assert_eq!((status, &full[body]), (507, &b"{}"[..]));
         for bad in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}"[..],
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",

@@ -1,0 +1,195 @@
+//! The shim next to the exec it replaces, in one run, interleaved.
+//!
+//! `cargo bench --bench shim` starts the agent (the qcapsd binary, as a
+//! process) with a shim directory for the real qemu-system-x86_64, waits
+//! for the five default queries to be recorded, then, per iteration:
+//! - each default query (`--help`, `-version`, `-machine help`, `-cpu
+//!   help`, `-device help`) run directly and through the shim (answered
+//!   from the memo);
+//! - a VM-start-like pass-through (`-m 64 -version`, not a pure query: the
+//!   shim execs QEMU in place) run directly and through the shim, whose
+//!   difference is what a VM start pays for the shim.
+//!
+//! It prints the median and minimum of each, the ratio exec / shim per
+//! query (target: 10 or more) and the pass-through overhead (target: 2 ms
+//! or less). It does so twice where the static build exists
+//! (`scripts/build-static`): shims running the agent's own binary (glibc,
+//! dynamically linked), then shims running the static one (`shim_binary`,
+//! what the package sets). Under `cargo test` (no `--bench`) it runs one
+//! iteration as a smoke test. QEMU_BIN and QCAPSD_BENCH_ITERS override the
+//! binary and the iteration count (30).
+
+// Tests and benchmarks run tools and binaries; the exec ban is for the
+// agent (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const QUERIES: [&str; 5] = [
+    "--help",
+    "-version",
+    "-machine help",
+    "-cpu help",
+    "-device help",
+];
+const PASS_THROUGH: &str = "-m 64 -version";
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let qemu = PathBuf::from(
+        std::env::var("QEMU_BIN").unwrap_or_else(|_| "/usr/bin/qemu-system-x86_64".into()),
+    );
+    if !qemu.exists() {
+        eprintln!(
+            "shim bench: {} not found, nothing to measure",
+            qemu.display()
+        );
+        return;
+    }
+    let iters: usize = match std::env::var("QCAPSD_BENCH_ITERS") {
+        Ok(v) => v.parse().expect("QCAPSD_BENCH_ITERS must be a number"),
+        Err(_) if bench => 30,
+        Err(_) => 1,
+    };
+    let static_build = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/x86_64-unknown-linux-musl/release/qcapsd");
+    let mut variants: Vec<(&str, Option<PathBuf>)> = vec![("the agent's own binary", None)];
+    if static_build.exists() {
+        variants.push(("the static build (shim_binary)", Some(static_build)));
+    } else {
+        println!(
+            "shim bench: no static build (scripts/build-static); shims run the agent's binary only"
+        );
+    }
+    for (what, shim_binary) in variants {
+        measure(&qemu, iters, what, shim_binary.as_deref());
+    }
+}
+
+/// Times each query directly and through a shim running `shim_binary`
+/// (the agent's own where `None`), and prints the table.
+fn measure(qemu: &Path, iters: usize, what: &str, shim_binary: Option<&Path>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let shims = dir.path().join("shims");
+    let config = dir.path().join("qcapsd.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\ncache_dir: {}\nshim_dir: {}\n{}accels: [kvm]\nemulators:\n  - path: {}\n",
+            dir.path().join("cache").display(),
+            shims.display(),
+            shim_binary.map_or_else(String::new, |b| format!("shim_binary: {}\n", b.display())),
+            qemu.display()
+        ),
+    )
+    .expect("config");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_qcapsd"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let shim = shims.join(qemu.file_name().expect("a file name"));
+    let recorded = format!(
+        "qcapsd_shim_requests_total{{emulator=\"{}\",result=\"recorded\"}} 5",
+        qemu.file_name().unwrap().to_string_lossy()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !metrics(port).contains(&recorded) {
+        assert!(
+            Instant::now() < deadline,
+            "the default queries were never recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut rows: Vec<(&str, Vec<Duration>, Vec<Duration>)> = QUERIES
+        .iter()
+        .chain(std::iter::once(&PASS_THROUGH))
+        .map(|q| (*q, Vec::new(), Vec::new()))
+        .collect();
+    for _ in 0..iters {
+        for (q, direct, through) in &mut rows {
+            direct.push(time(qemu, q));
+            through.push(time(&shim, q));
+        }
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    println!(
+        "shim bench: shims running {what}; {iters} iterations, interleaved, median (min); {}",
+        qemu.display()
+    );
+    println!(
+        "  {:<16} {:>16} {:>16} {:>8}",
+        "query", "QEMU exec", "through shim", "ratio"
+    );
+    for (q, direct, through) in &mut rows {
+        let (d, t) = (stats(direct), stats(through));
+        if *q == PASS_THROUGH {
+            let overhead = d.0.as_secs_f64() - t.0.as_secs_f64();
+            println!(
+                "  {:<16} {:>16} {:>16}   pass-through overhead {:+.2} ms",
+                q,
+                show(d),
+                show(t),
+                -overhead * 1e3
+            );
+        } else {
+            println!(
+                "  {:<16} {:>16} {:>16} {:>7.1}x",
+                q,
+                show(d),
+                show(t),
+                d.0.as_secs_f64() / t.0.as_secs_f64()
+            );
+        }
+    }
+}
+
+/// One run of `bin` with the words of `q`, output discarded.
+fn time(bin: &Path, q: &str) -> Duration {
+    let t = Instant::now();
+    let st = Command::new(bin)
+        .args(q.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("exec");
+    assert!(st.success(), "{} {q}: {st}", bin.display());
+    t.elapsed()
+}
+
+/// Median and minimum.
+fn stats(v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[0])
+}
+
+fn show((median, min): (Duration, Duration)) -> String {
+    format!(
+        "{:.2} ms ({:.2})",
+        median.as_secs_f64() * 1e3,
+        min.as_secs_f64() * 1e3
+    )
+}
+
+/// The agent's /metrics text (empty while it does not answer).
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf
+}
