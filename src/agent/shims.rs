@@ -87,24 +87,13 @@ fn put(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// The copy of the binary every shim links to, relative to the shim
-/// directory.
-fn link_target() -> PathBuf {
-    Path::new(PRIVATE).join(BINARY)
-}
-
-/// Whether `path` is one of our shims (a symlink to the binary copy).
-fn is_our_shim(path: &Path) -> bool {
-    std::fs::read_link(path).is_ok_and(|t| t == link_target())
-}
-
 /// `dir/name` made a symlink to the binary copy, atomically; `Ok(false)`
 /// when it is one already; an error (touching nothing) when something
 /// else is there.
 fn link(dir: &Path, name: &str) -> std::io::Result<bool> {
     let path = dir.join(name);
     match std::fs::symlink_metadata(&path) {
-        Ok(_) if is_our_shim(&path) => return Ok(false),
+        Ok(_) if shim_dir::is_shim(&path) => return Ok(false),
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -118,7 +107,7 @@ fn link(dir: &Path, name: &str) -> std::io::Result<bool> {
     }
     let tmp = dir.join(format!(".tmp-{name}"));
     let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(link_target(), &tmp)?;
+    std::os::unix::fs::symlink(shim_dir::link_target(), &tmp)?;
     std::fs::rename(&tmp, &path)?;
     Ok(true)
 }
@@ -189,7 +178,7 @@ pub fn sync(
             continue;
         }
         let link = dir.join(name);
-        if is_our_shim(&link) {
+        if shim_dir::is_shim(&link) {
             std::fs::remove_file(&link)?;
         }
         for what in [RAN_QEMU, FELL_BACK] {
@@ -226,7 +215,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<Listed>> {
                 name: name.to_owned(),
                 emulator: m.emulator.to_owned(),
                 real: m.real.to_owned(),
-                linked: is_our_shim(&dir.join(name)),
+                linked: shim_dir::is_shim(&dir.join(name)),
             });
         }
     }

@@ -7,7 +7,7 @@ use super::Ctx;
 use super::query::{self, QueryError};
 use super::respond::{bad_query, json_error, json_value, lookup, printable};
 use crate::cache::State as KeyState;
-use crate::qemu::Accel;
+use crate::qemu::{Accel, named_for_arch};
 use crate::verdicts::check::{self, CheckRequest};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -214,10 +214,9 @@ pub fn pick(target: &Target, all: &[Candidate]) -> Result<Picked, PickError> {
     // Emulators still to answer (a failed or missing one is not waited
     // for).
     let waiting: Vec<&Candidate> = all.iter().filter(|c| c.waiting).collect();
-    let canonical = format!("qemu-system-{arch}");
     let preferred: Vec<&&Candidate> = matching
         .iter()
-        .filter(|c| c.name == canonical || c.file_name == canonical)
+        .filter(|c| named_for_arch(&c.name, arch) || named_for_arch(&c.file_name, arch))
         .collect();
     match (matching.as_slice(), preferred.as_slice()) {
         ([one], _) if waiting.is_empty() => Ok(plain(&one.name)),

@@ -158,6 +158,14 @@ struct Resolver {
 
 impl Resolver {
     fn add_file(&mut self, path: PathBuf, origin: Origin) -> Result<(), DiscoveryError> {
+        // A shim directory on PATH (or under a glob) holds qcapsd, not QEMU.
+        if crate::support::shim_dir::is_shim(&path) {
+            self.done.skipped.push(format!(
+                "{}: a qcapsd shim, not QEMU (its shim directory is searched)",
+                path.display()
+            ));
+            return Ok(());
+        }
         let name = file_name(&path);
         if crate::config::name_problem(&name).is_some() {
             return match origin {
@@ -363,6 +371,38 @@ mod tests {
         assert_eq!(
             names(&yaml).unwrap(),
             ["qemu-system-aarch64", "qemu-system-x86_64"]
+        );
+    }
+
+    #[test]
+    fn shims_are_never_taken_for_qemu() {
+        // A shim directory globbed (or first on PATH: discovery adds files
+        // the same way): the real binaries are found, the shims skipped
+        // with a note.
+        let d = tempfile::tempdir().unwrap();
+        let (bin, shims) = (d.path().join("bin"), d.path().join("shims"));
+        let private = shims.join(crate::support::shim_dir::PRIVATE);
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&private).unwrap();
+        executable(&bin, "qemu-system-x86_64");
+        executable(&private, crate::support::shim_dir::BINARY);
+        std::os::unix::fs::symlink(
+            crate::support::shim_dir::link_target(),
+            shims.join("qemu-system-x86_64"),
+        )
+        .unwrap();
+        let yaml = format!(
+            "emulators:\n  - glob: {}/qemu-system-*\n  - glob: {}/qemu-system-*\n",
+            shims.display(),
+            bin.display()
+        );
+        let r = resolve(&Config::parse(&yaml).unwrap()).unwrap();
+        let paths: Vec<&Path> = r.emulators.iter().map(|e| e.path.as_path()).collect();
+        assert_eq!(paths, [bin.join("qemu-system-x86_64")]);
+        assert!(
+            r.skipped[0].contains("a qcapsd shim, not QEMU"),
+            "{:?}",
+            r.skipped
         );
     }
 

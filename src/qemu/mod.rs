@@ -15,3 +15,10 @@ pub use caps::Capabilities;
 pub use exec::{Accel, ExecCounter, ExecError, FailureReason};
 pub use probe::{ProbeError, ProbeReport, ProbeRequest, probe};
 pub use qmp::CommandTime;
+
+/// Whether an emulator called `name` is the one QEMU names for `arch`
+/// (`qemu-system-x86_64`, not `qemu-system-x86_64-microvm`): where several
+/// emulators are for one architecture, that one stands for it.
+pub fn named_for_arch(name: &str, arch: &str) -> bool {
+    name.strip_prefix("qemu-system-") == Some(arch)
+}

@@ -52,6 +52,17 @@ pub fn count_file(dir: &Path, shim: &str, what: &str) -> PathBuf {
         .join(format!("{shim}.{what}"))
 }
 
+/// What every shim links to, relative to its directory: the binary copy.
+pub fn link_target() -> PathBuf {
+    Path::new(PRIVATE).join(BINARY)
+}
+
+/// Whether `path` is a shim (a symlink to a shim directory's binary
+/// copy), wherever it is: discovery skips those, as they are not QEMU.
+pub fn is_shim(path: &Path) -> bool {
+    std::fs::read_link(path).is_ok_and(|t| t == link_target())
+}
+
 /// Count files: one byte each time the shim ran QEMU for a command line
 /// that is not a pure query, and each time it fell back (the agent did
 /// not answer).
