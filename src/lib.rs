@@ -8,7 +8,8 @@
 //! this list.
 //!
 //! - [`support`]: leaf helpers — a content hash stable across builds
-//!   (ETags, checksums), RFC 3339 timestamps.
+//!   (ETags, checksums), RFC 3339 timestamps, base64, the shim directory's
+//!   layout, node-feature-discovery's label rules.
 //! - [`qemu`]: everything that knows QEMU — the exec sandbox
 //!   ([`qemu::exec`], the only code that starts processes), the QMP client,
 //!   pure reply parsers, the capabilities document, the probe, and the
@@ -22,7 +23,9 @@
 //!   hosts share ([`verdicts::compare`]).
 //! - [`agent`]: the running agent — its state, the QEMU handler of the
 //!   cache ([`agent::emulators`]), discovery, rendered responses, the change
-//!   history, long-poll versions, metrics, the revalidator.
+//!   history, long-poll versions, metrics, the revalidator, the memo of pure
+//!   queries and the shim directory it keeps, and the node labels it
+//!   writes for node-feature-discovery ([`agent::nfd`]).
 //! - [`api`]: HTTP — routes, responses, long-polls, the connection loop and
 //!   its limits, the bodies, OpenAPI, and the client the CLI uses.
 //! - [`daemon`]: `qcapsd run` — cache lock, listeners, signals, shutdown,

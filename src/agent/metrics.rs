@@ -124,6 +124,8 @@ pub struct Metrics {
     reload_ok: IntGauge,
     capability_changes: IntCounterVec,
     pub capabilities: IntGaugeVec,
+    /// Node labels in the last feature file written (`nfd_features_file`).
+    node_labels: IntGaugeVec,
     last_breaking: GaugeVec,
     /// Totals behind the hit ratio (all emulators, since start).
     total_lookups: AtomicU64,
@@ -404,6 +406,16 @@ impl Metrics {
                 "Items of capability changes found by re-probes, by kind (machine_removed, device_removed, cpu_model_became_unusable, ...; a fixed set): 2 devices removed add 2. Each kind's series is born at its first change (25 kinds per emulator would exceed the series budget); the alert uses qcapsd_last_breaking_change_timestamp_seconds.",
                 &["emulator", "kind"],
             )?,
+            node_labels: reg(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "qcapsd_node_labels",
+                        "Node labels in the last feature file written for node-feature-discovery (nfd_features_file), by result: written, or skipped (a name or value breaking the label rules, or past the 64 KiB file limit). Absent without nfd_features_file.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
             capabilities: reg(
                 r,
                 IntGaugeVec::new(
@@ -637,6 +649,16 @@ impl Metrics {
                 .inc_by(bytes - *last);
         }
         *last = bytes;
+    }
+
+    /// The last feature file for node-feature-discovery held `written`
+    /// labels and left `skipped` out.
+    pub fn node_labels(&self, written: usize, skipped: usize) {
+        for (result, n) in [("written", written), ("skipped", skipped)] {
+            self.node_labels
+                .with_label_values(&[result])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// A config reload was applied (`true`) or refused.

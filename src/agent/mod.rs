@@ -7,6 +7,7 @@ pub mod files;
 pub mod history;
 pub mod memo;
 pub mod metrics;
+pub mod nfd;
 pub mod render;
 pub mod revalidate;
 pub mod shims;
@@ -57,6 +58,9 @@ pub struct Agent {
     system: SystemFacts,
     /// What the last shim update could not make, so it is logged once.
     shims_skipped: Mutex<Vec<String>>,
+    /// What the last node-label write said (skipped labels, or why it
+    /// failed), so each is logged once, not at every pass.
+    labels_said: Mutex<Vec<String>>,
 }
 
 fn settings(cfg: &Config) -> ProbeSettings {
@@ -146,6 +150,7 @@ impl Agent {
             config: RwLock::new(Arc::new(cfg)),
             system: SystemFacts::read(),
             shims_skipped: Mutex::new(Vec::new()),
+            labels_said: Mutex::new(Vec::new()),
         }))
     }
 
@@ -202,6 +207,7 @@ impl Agent {
             total - loaded
         );
         self.cache.revalidate_all().await;
+        self.write_node_labels().await;
         self.started.send_replace(true);
         tracing::info!(execs = self.cache.handler().counter.get(), "ready");
     }
@@ -349,6 +355,76 @@ impl Agent {
                 tracing::warn!(dir = %dir.display(), %error, "cannot keep the shim directory; callers of its shims run QEMU as before")
             }
             Err(error) => tracing::warn!(%error, "shim directory update did not complete"),
+        }
+    }
+
+    /// Rewrites node-feature-discovery's feature file (config
+    /// `nfd_features_file`) from what is in memory, with a fresh expiry:
+    /// after the start-up pass and every revalidation pass. Skipped labels
+    /// and a failed write are logged when they change.
+    pub async fn write_node_labels(&self) {
+        let cfg = self.config();
+        let Some(file) = cfg.nfd_features_file.as_ref().map(|f| f.0.clone()) else {
+            return;
+        };
+        let view = self.cache.handler().view();
+        let entries: Vec<(String, String, Arc<emulators::Entry>)> = view
+            .table
+            .values()
+            .filter_map(|spec| {
+                let entry = self.cache.peek(&spec.name)?;
+                let file_name = spec
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Some((spec.name.clone(), file_name, entry))
+            })
+            .collect();
+        let sources: Vec<nfd::Source> = entries
+            .iter()
+            .map(|(name, file_name, e)| nfd::Source {
+                name,
+                file_name,
+                caps: &e.caps,
+            })
+            .collect();
+        let lists =
+            |v: &[crate::config::LabelPart]| v.iter().map(|l| l.0.clone()).collect::<Vec<_>>();
+        let (cpu_models, machine_types) =
+            (lists(&cfg.nfd_cpu_models), lists(&cfg.nfd_machine_types));
+        let ahead =
+            (*cfg.revalidate_interval * defaults::NFD_EXPIRY_PASSES).max(defaults::NFD_EXPIRY_MIN);
+        let rendered = nfd::render(
+            &sources,
+            nfd::Wanted {
+                cpu_models: &cpu_models,
+                machine_types: &machine_types,
+            },
+            std::time::SystemTime::now() + ahead,
+        );
+        self.metrics
+            .node_labels(rendered.written, rendered.skipped.len());
+        let (path, text) = (file.clone(), rendered.text);
+        let written = tokio::task::spawn_blocking(move || nfd::write(&path, &text)).await;
+        let mut said = rendered.skipped;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => said.push(format!("cannot write {}: {e}", file.display())),
+            Err(e) => said.push(format!(
+                "the write of {} did not complete: {e}",
+                file.display()
+            )),
+        }
+        let mut last = self.labels_said.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != said {
+            for s in &said {
+                tracing::warn!(file = %file.display(), "node labels: {s}");
+            }
+            if said.is_empty() && !last.is_empty() {
+                tracing::info!(file = %file.display(), "node labels written again in full");
+            }
+            *last = said;
         }
     }
 

@@ -110,6 +110,7 @@ impl Revalidator {
                 () = shutdown.cancelled() => return,
                 () = agent.cache.revalidate_all() => {}
             }
+            agent.write_node_labels().await;
         }
     }
 }

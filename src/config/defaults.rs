@@ -138,6 +138,13 @@ pub const SHIM_MEMO_MAX_BYTES: u64 = 4 << 20;
 /// itself: a first answer may wait on a probe and a recording.
 pub const SHIM_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Node labels expire this many revalidation intervals after they are
+/// written (each pass rewrites them), so they vanish when the agent stops…
+pub const NFD_EXPIRY_PASSES: u32 = 3;
+/// …but never sooner than this after, so nfd-worker (which reads the file
+/// every minute by default) always sees them while the agent runs.
+pub const NFD_EXPIRY_MIN: Duration = Duration::from_secs(180);
+
 /// The running binary, as the kernel has it (also when its file was
 /// replaced since): what the shims run unless `shim_binary` says.
 pub const SELF_EXE: &str = "/proc/self/exe";

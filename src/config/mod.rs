@@ -18,8 +18,8 @@ pub mod values;
 
 pub use emulators::{EmulatorEntry, EmulatorList, name_problem};
 pub use values::{
-    AbsPath, Accels, DeviceName, DurationError, GlobPattern, Limit, MaxWait, Period, PureQuery,
-    ShimDir, ValueError, limits, parse_duration,
+    AbsPath, Accels, DeviceName, DurationError, FeatureFile, GlobPattern, LabelPart, Limit,
+    MaxWait, Period, PureQuery, ShimDir, ValueError, limits, parse_duration,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +112,13 @@ pub struct Config {
     pub shim_memo_max_bytes: Limit<1, { limits::MAX_MEMO_BYTES }>,
     /// How long a shim waits for the agent before it runs QEMU itself.
     pub shim_timeout: Period,
+    /// node-feature-discovery's feature file the agent keeps (node
+    /// labels); `None`: none.
+    pub nfd_features_file: Option<FeatureFile>,
+    /// CPU models labelled where usable.
+    pub nfd_cpu_models: Vec<LabelPart>,
+    /// Machine types labelled where present.
+    pub nfd_machine_types: Vec<LabelPart>,
 }
 
 /// Limits of the HTTP servers, all with defaults.
@@ -180,6 +187,9 @@ impl Default for Config {
             shim_memo_max_queries: Limit(defaults::SHIM_MEMO_MAX_QUERIES),
             shim_memo_max_bytes: Limit(defaults::SHIM_MEMO_MAX_BYTES),
             shim_timeout: Period(defaults::SHIM_TIMEOUT),
+            nfd_features_file: None,
+            nfd_cpu_models: Vec::new(),
+            nfd_machine_types: Vec::new(),
         }
     }
 }
@@ -301,6 +311,28 @@ impl Config {
             "device properties read for {} device type(s)",
             self.device_properties.len()
         ));
+        if let Some(dir) = &self.shim_dir {
+            let binary = self.shim_binary();
+            let missing = if binary.exists() {
+                ""
+            } else {
+                " (missing now)"
+            };
+            line(format_args!(
+                "shims in {}, running {}{missing}; {} query form(s) recorded after each probe",
+                dir.display(),
+                binary.display(),
+                self.shim_prewarm.len()
+            ));
+        }
+        if let Some(file) = &self.nfd_features_file {
+            line(format_args!(
+                "node labels in {} (QEMU version per arch and KVM, {} CPU model(s) and {} machine type(s) listed)",
+                file.0.display(),
+                self.nfd_cpu_models.len(),
+                self.nfd_machine_types.len()
+            ));
+        }
         line(format_args!("{} emulator(s):", resolved.emulators.len()));
         for e in &resolved.emulators {
             let note = if e.path.exists() {
@@ -659,6 +691,36 @@ mod tests {
         for text in ["", "\n\n", "# nothing set\n", "---\n# nothing\n"] {
             assert_eq!(Config::parse(text).unwrap(), Config::default(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn nfd_keys_are_checked_where_they_are_written() {
+        let c = Config::parse(
+            "nfd_features_file: /etc/kubernetes/node-feature-discovery/features.d/qcapsd\nnfd_cpu_models: [Skylake-Server, EPYC-v4]\nnfd_machine_types: [pc-q35-10.0]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.nfd_features_file.unwrap().0,
+            PathBuf::from("/etc/kubernetes/node-feature-discovery/features.d/qcapsd")
+        );
+        assert_eq!(c.nfd_cpu_models[1].0, "EPYC-v4");
+        assert_eq!(c.nfd_machine_types[0].0, "pc-q35-10.0");
+        says_at(
+            "nfd_features_file: /f.d/.qcapsd\n",
+            "ignores files whose names start with '.'",
+            1,
+        );
+        says_at("nfd_features_file: f.d/qcapsd\n", "must be absolute", 1);
+        says_at(
+            "nfd_cpu_models:\n  - Skylake-Server\n  - -cpu\n",
+            "cannot be part of a node label",
+            3,
+        );
+        says_at(
+            "nfd_machine_types: [\"pc q35\"]\n",
+            "cannot be part of a node label",
+            1,
+        );
     }
 
     #[test]

@@ -88,6 +88,12 @@ pub enum ValueError {
         "'{0}' is not a pure query (help or version requests only; see the README's shim section)"
     )]
     NotAPureQuery(String),
+    #[error(
+        "'{0}': node-feature-discovery ignores files whose names start with '.' (and needs a file name)"
+    )]
+    HiddenFeatureFile(String),
+    #[error("'{0}' cannot be part of a node label: {rule}", rule = crate::support::nfd::RULE)]
+    NotALabel(String),
     #[error(transparent)]
     Duration(#[from] DurationError),
 }
@@ -164,6 +170,32 @@ impl std::ops::Deref for ShimDir {
         &self.0
     }
 }
+
+/// `nfd_features_file`: an absolute path whose file name NFD reads (not a
+/// dotfile: those it ignores).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureFile(pub PathBuf);
+
+from_str_visitor!(FeatureFile, "an absolute file path", |s| {
+    let AbsPath(path) = parse_abs(s)?;
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(name) if !name.starts_with('.') && !s.ends_with('/') => Ok(FeatureFile(path)),
+        _ => Err(ValueError::HiddenFeatureFile(s.to_owned())),
+    }
+});
+
+/// One of `nfd_cpu_models` or `nfd_machine_types`: a name that can be part
+/// of a node label (`Skylake-Server`, `pc-q35-10.0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelPart(pub String);
+
+from_str_visitor!(LabelPart, "a CPU model or machine type name", |s| {
+    if crate::support::nfd::is_label_part(s) {
+        Ok(LabelPart(s.to_owned()))
+    } else {
+        Err(ValueError::NotALabel(s.to_owned()))
+    }
+});
 
 /// One of `shim_prewarm`: a pure query, written as QEMU's arguments
 /// separated by spaces (`-machine help`).

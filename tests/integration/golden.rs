@@ -17,7 +17,7 @@ fn golden_path(name: &str) -> PathBuf {
 
 /// Compares `actual` with the golden file `name` (or rewrites it under
 /// `QCAPSD_BLESS=1`), showing the differing lines on a mismatch.
-fn golden(name: &str, actual: &str) {
+pub(crate) fn golden(name: &str, actual: &str) {
     let path = golden_path(name);
     if std::env::var("QCAPSD_BLESS").as_deref() == Ok("1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -17,6 +17,7 @@ mod every_emulator;
 mod faults;
 mod golden;
 mod layers;
+mod nfd;
 mod notify;
 mod observability;
 mod probe_faults;
