@@ -12,6 +12,7 @@ mod changes;
 mod check;
 mod common;
 mod compare;
+mod container;
 mod deploy;
 mod every_emulator;
 mod faults;
