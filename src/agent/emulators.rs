@@ -412,6 +412,14 @@ impl RefreshError {
             RefreshError::Unconfigured | RefreshError::Render(_) => None,
         }
     }
+
+    /// See [`ProbeError::settled`].
+    pub fn settled(&self) -> bool {
+        match self {
+            RefreshError::Probe { source, .. } => source.settled(),
+            RefreshError::Unconfigured | RefreshError::Render(_) => false,
+        }
+    }
 }
 
 impl Handler for Emulators {
@@ -440,6 +448,10 @@ impl Handler for Emulators {
 
     fn why_changed(&self, old: &Fingerprint, new: &Fingerprint) -> &'static str {
         Fingerprint::why_changed(old, new)
+    }
+
+    fn settled(&self, error: &RefreshError) -> bool {
+        error.settled()
     }
 
     async fn new_data(

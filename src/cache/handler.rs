@@ -50,6 +50,13 @@ pub trait Handler: Send + Sync + 'static {
         stamp: Self::Stamp,
         cancel: CancellationToken,
     ) -> impl Future<Output = Result<Self::Data, Self::Error>> + Send;
+    /// Whether `error` is settled: a property of the source as stamped, so
+    /// a refresh under the same stamp would fail the same way. A settled
+    /// failure is not retried until the stamp changes (or a refresh is
+    /// forced); others back off and retry.
+    fn settled(&self, _error: &Self::Error) -> bool {
+        false
+    }
     /// Decodes a cache file (an error means corrupt, foreign or not ours).
     fn load_file(&self, key: &str, bytes: &[u8]) -> Result<Self::Data, Self::FileError>;
     /// Encodes data for its cache file.

@@ -624,13 +624,21 @@ impl<H: Handler> Cache<H> {
             Some(f) if f.stamp == stamp => f.attempts + 1,
             _ => 1,
         };
-        let delay = self.backoff.delay(attempts);
-        tracing::warn!(key, %error, attempts, retry_in = ?delay, "refresh failed");
+        // A settled failure would recur under this stamp: no retry until
+        // the source changes.
+        let retry_at = if self.handler.settled(error) {
+            tracing::warn!(key, %error, attempts, "refresh failed; not retried until the source changes");
+            None
+        } else {
+            let delay = self.backoff.delay(attempts);
+            tracing::warn!(key, %error, attempts, retry_in = ?delay, "refresh failed");
+            Some(Instant::now() + delay)
+        };
         slot.failure = Some(Failure {
             error: Arc::clone(error),
             stamp,
             attempts,
-            retry_at: Instant::now() + delay,
+            retry_at,
             at: SystemTime::now(),
         });
     }
@@ -763,7 +771,7 @@ impl<H: Handler> Cache<H> {
         self.lock()
             .values()
             .filter(|s| s.absent.is_none() && s.flight.is_none())
-            .filter_map(|s| s.failure.as_ref().map(|f| f.retry_at))
+            .filter_map(|s| s.failure.as_ref()?.retry_at)
             .min()
     }
 

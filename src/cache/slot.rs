@@ -16,10 +16,11 @@ use tokio::time::Instant;
 pub(crate) struct Failure<S, E> {
     pub error: Arc<E>,
     /// The stamp the failing refresh ran under: while the source still looks
-    /// like this, nothing retries before `retry_at`.
+    /// like this, nothing retries before `retry_at` (never, for a settled
+    /// failure: `None`).
     pub stamp: S,
     pub attempts: u32,
-    pub retry_at: Instant,
+    pub retry_at: Option<Instant>,
     pub at: SystemTime,
 }
 
@@ -108,7 +109,7 @@ impl<D, S: PartialEq, E> Slot<D, S, E> {
             return Verdict::Join;
         }
         if let Some(f) = &self.failure {
-            if !forced && &f.stamp == now && at < f.retry_at {
+            if !forced && &f.stamp == now && f.retry_at.is_none_or(|r| at < r) {
                 return Verdict::BackingOff;
             }
         }
@@ -151,8 +152,12 @@ mod tests {
 
     type TestSlot = Slot<u64, u64, String>;
 
+    /// A failure's "seconds until its retry" for a settled failure.
+    const SETTLED: i64 = i64::MAX;
+
     /// A slot with data made under `data`, a failure under `failed`
-    /// (stamp, seconds until its retry, negative when past), a flight under
+    /// (stamp, seconds until its retry, negative when past, [`SETTLED`] for
+    /// a settled failure that never retries), a flight under
     /// `flying`, and `absent`.
     fn slot(
         data: Option<u64>,
@@ -167,7 +172,11 @@ mod tests {
                 error: Arc::new("boom".to_owned()),
                 stamp,
                 attempts: 1,
-                retry_at: if retry_in >= 0 { base + d } else { base - d },
+                retry_at: match retry_in {
+                    SETTLED => None,
+                    0.. => Some(base + d),
+                    _ => Some(base - d),
+                },
                 at: SystemTime::UNIX_EPOCH,
             }
         });
@@ -222,6 +231,9 @@ mod tests {
             ("failed under this stamp, backing off", s(Some(10), Some((20, 60)), None, None), Ok(20), Verdict::BackingOff),
             ("failed under this stamp, no data, backing off", s(None, Some((20, 60)), None, None), Ok(20), Verdict::BackingOff),
             ("failed under this stamp, backoff over", s(Some(10), Some((20, -1)), None, None), Ok(20), refresh("retry", false)),
+            ("settled failure under this stamp: no retry, however long after",
+             s(None, Some((20, SETTLED)), None, None), Ok(20), Verdict::BackingOff),
+            ("settled failure, then the source changed", s(None, Some((20, SETTLED)), None, None), Ok(21), refresh("modules_changed", true)),
             ("failed, then the source changed again",
              s(Some(10), Some((20, 60)), None, None), Ok(30), refresh("binary_changed", true)),
             ("failed before any data, then changed", s(None, Some((20, 60)), None, None), Ok(21), refresh("modules_changed", true)),
@@ -256,6 +268,7 @@ mod tests {
             ("valid data", s(Some(10), None, None, None), Ok(10), refresh("retry", false)),
             ("never seen", s(None, None, None, None), Ok(10), refresh("cold", false)),
             ("backing off", s(None, Some((20, 60)), None, None), Ok(20), refresh("retry", false)),
+            ("settled failure", s(None, Some((20, SETTLED)), None, None), Ok(20), refresh("retry", false)),
             ("changed", s(Some(10), None, None, None), Ok(20), refresh("binary_changed", true)),
             ("forced refresh in flight while the data is valid", s(Some(10), None, Some(10), None), Ok(10), Verdict::Join),
             ("refresh in flight under the same stamp", s(Some(10), None, Some(20), None), Ok(20), Verdict::Join),

@@ -16,6 +16,9 @@ struct Fake {
     sources: Mutex<HashMap<String, Option<u64>>>,
     refreshes: AtomicUsize,
     fail: AtomicBool,
+    /// When set with `fail`, the failures are settled (the source refuses
+    /// the same way until it changes).
+    refuse: AtomicBool,
     /// When set, refreshes wait for a permit here (to hold a flight open).
     gate: Mutex<Option<Arc<Semaphore>>>,
     /// Gates for refreshes of one source version only.
@@ -71,9 +74,15 @@ impl Handler for Fake {
             let _ = g.acquire().await.map(|p| p.forget());
         }
         if self.fail.load(Ordering::SeqCst) {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(format!("{key}: refused"));
+            }
             return Err(format!("{key}: probe failed"));
         }
         Ok((stamp, format!("{key}@{stamp}")))
+    }
+    fn settled(&self, error: &String) -> bool {
+        error.ends_with(": refused")
     }
     fn load_file(&self, _key: &str, bytes: &[u8]) -> Result<(u64, String), String> {
         let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
@@ -280,6 +289,38 @@ async fn failures_back_off_and_keep_the_last_good_data() {
     let a = c.lookup("a").await.unwrap();
     assert!(a.hit && !a.stale);
     assert_eq!(a.data.1, "a@2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_settled_failure_is_not_retried_until_the_source_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, fake) = cache_in(d.path(), &["a"]);
+    fake.fail.store(true, Ordering::SeqCst);
+    fake.refuse.store(true, Ordering::SeqCst);
+    c.revalidate_all().await;
+    assert_eq!(fake.count(), 1);
+    assert_eq!(c.next_retry(), None, "no wake-up for a settled failure");
+    assert!(c.ready(), "a failure is an answer");
+    // A day of passes and lookups: the same answer, no refresh.
+    for _ in 0..24 {
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        c.revalidate_all().await;
+        assert_eq!(
+            c.lookup("a").await.unwrap_err(),
+            LookupError::Failed(Arc::new("a: refused".to_owned()))
+        );
+    }
+    assert_eq!(fake.count(), 1);
+    // A forced refresh still runs (the operator asked).
+    c.force("a", Duration::ZERO).unwrap();
+    c.revalidate_all().await;
+    refreshes_reach(&fake, 2).await;
+    // A changed source is tried at once, and its success is served.
+    fake.fail.store(false, Ordering::SeqCst);
+    fake.set("a", Some(2));
+    c.revalidate_all().await;
+    assert_eq!(fake.count(), 3);
+    assert_eq!(c.lookup("a").await.unwrap().data.1, "a@2");
 }
 
 #[tokio::test]

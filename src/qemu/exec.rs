@@ -196,7 +196,8 @@ pub enum ExecError {
         path: PathBuf,
         #[source]
         source: Box<QmpError>,
-        status: Option<String>,
+        /// How QEMU ended, if on its own (not killed by the agent).
+        status: Option<Exit>,
         stderr: String,
     },
 }
@@ -222,6 +223,24 @@ impl ExecError {
             self,
             ExecError::Qmp {
                 status: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// Whether QEMU refused its command line: it exited on its own with
+    /// status 1, QEMU's exit on an error it reports (an accelerator it
+    /// lacks, a KVM-only build with no usable /dev/kvm). The same binary,
+    /// modules and host refuse the same command line the same way, so a
+    /// retry before one of them changes repeats the exec for the same
+    /// answer. Other ends may not recur: a signal (a crash, an OOM kill),
+    /// or the loader's 126/127 (a library the package manager has not
+    /// finished installing).
+    pub fn refused(&self) -> bool {
+        matches!(
+            self,
+            ExecError::Qmp {
+                status: Some(Exit::Code(1)),
                 ..
             }
         )
@@ -280,7 +299,7 @@ fn stderr_suffix(stderr: &str) -> String {
     }
 }
 
-fn status_suffix(status: &Option<String>) -> String {
+fn status_suffix(status: &Option<Exit>) -> String {
     status
         .as_ref()
         .map(|s| format!(" ({s})"))
@@ -351,7 +370,7 @@ pub async fn with_qemu<T>(
             path,
             source: Box::new(source),
             // QEMU's own exit status, not the SIGKILL we sent.
-            status: status.filter(|_| !proc.killed_by_us).map(describe_status),
+            status: status.filter(|_| !proc.killed_by_us).map(Exit::of),
             stderr,
         }),
         Outcome::TimedOut => Err(ExecError::Timeout {
@@ -367,14 +386,6 @@ enum Outcome<T> {
     Done(Result<T, QmpError>),
     TimedOut,
     Cancelled,
-}
-
-fn describe_status(s: ExitStatus) -> String {
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => s.to_string(),
-    }
 }
 
 /// `path` made absolute against the current directory (QEMU is started
@@ -524,6 +535,27 @@ pub enum Exit {
     Signal(i32),
 }
 
+impl Exit {
+    fn of(s: ExitStatus) -> Exit {
+        match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig),
+            // A reaped process has one or the other; a stopped one is not
+            // reaped.
+            _ => Exit::Signal(0),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exited with status {c}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
 /// What QEMU printed for a query, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Captured {
@@ -616,11 +648,7 @@ pub async fn run_query(
         Some(Ok(Some((stdout, stderr, status)))) => Ok(Captured {
             stdout,
             stderr,
-            exit: match (status.code(), status.signal()) {
-                (Some(c), _) => Exit::Code(c),
-                (None, Some(s)) => Exit::Signal(s),
-                _ => Exit::Signal(0),
-            },
+            exit: Exit::of(status),
             duration: started.elapsed(),
         }),
     }

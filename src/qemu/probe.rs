@@ -102,6 +102,18 @@ impl ProbeError {
             ProbeError::Parse { .. } => FailureReason::BadReply,
         }
     }
+
+    /// Whether probing the same binary on the same host again would fail
+    /// the same way: QEMU refused its command line
+    /// ([`ExecError::refused`]), or answered in a shape the parser does
+    /// not take (the same binary answers the same). Timeouts, crashes,
+    /// kills and spawn errors may not recur.
+    pub fn settled(&self) -> bool {
+        match self {
+            ProbeError::Exec(e) => e.refused(),
+            ProbeError::Parse { .. } => true,
+        }
+    }
 }
 
 /// Every command the probe sends, with the document field its answer

@@ -6,6 +6,7 @@
 use crate::common::{self, AgentProc, Http, count, counting_emulator, rename_upgrade, transcript};
 use rustix::process::Signal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Two counting stand-ins (x86_64 9.1.0 and aarch64 8.2.0) in `dir/bin`.
 struct Fleet {
@@ -300,6 +301,66 @@ fn a_failing_emulator_backs_off_instead_of_looping() {
     );
     // Ready: a failure is an answer.
     assert_eq!(agent.get("/readyz").status, 200);
+}
+
+#[test]
+fn a_refusal_is_not_retried_until_the_binary_changes_while_a_crash_is() {
+    let d = tempfile::tempdir().unwrap();
+    let f = fleet(d.path());
+    let (refused_count, crashed_count) = (
+        d.path().join("refused.count"),
+        d.path().join("crashed.count"),
+    );
+    // QEMU's own error exit (status 1), as a build without the asked
+    // accelerator gives; and a crash (a signal), which may not recur.
+    let refusing = common::script(
+        &f.bin,
+        "qemu-system-refusing",
+        &format!(
+            "echo exec >> '{}'\necho 'qemu-system-refusing: invalid accelerator tcg' >&2\nexit 1",
+            refused_count.display()
+        ),
+    );
+    let crashing = common::script(
+        &f.bin,
+        "qemu-system-crashing",
+        &format!("echo exec >> '{}'\nkill -SEGV $$", crashed_count.display()),
+    );
+    let yaml = format!(
+        "{}  - path: {}\n  - path: {}\n",
+        emulators_yaml(&f),
+        refusing.display(),
+        crashing.display()
+    );
+    let agent = AgentProc::start(d.path(), &yaml);
+    assert_eq!((count(&refused_count), count(&crashed_count)), (1, 1));
+    // The crash is retried when its backoff (5 s) ends; that pass would
+    // retry the refusal too, were it not settled.
+    assert!(
+        common::poll_until_for(Duration::from_secs(60), Duration::from_millis(100), || {
+            count(&crashed_count) >= 2
+        }),
+        "the crash is retried"
+    );
+    assert_eq!(count(&refused_count), 1, "the refusal is not retried");
+    for _ in 0..20 {
+        assert_eq!(agent.get("/v1/emulators/qemu-system-refusing").status, 503);
+    }
+    assert_eq!(count(&refused_count), 1, "nor by lookups");
+    let err = agent.get("/v1/emulators/qemu-system-refusing").json()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        err.contains("invalid accelerator tcg") && err.contains("status 1"),
+        "{err}"
+    );
+    // Replacing the binary is a change: one probe, now a success.
+    rename_upgrade(&refusing, "caps_9.1.0_x86_64.replies", &refused_count);
+    assert!(common::poll_until(|| agent
+        .get("/v1/emulators/qemu-system-refusing")
+        .status
+        == 200));
 }
 
 #[test]
