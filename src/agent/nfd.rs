@@ -18,7 +18,6 @@
 use crate::qemu::{Capabilities, named_for_arch};
 use crate::support::nfd::{MAX_FILE, PREFIX, is_label_part};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -154,31 +153,10 @@ pub fn render(sources: &[Source], wanted: Wanted, expires: SystemTime) -> Render
 }
 
 /// Writes `text` to `path` as NFD wants it: a dotfile beside it, then a
-/// rename. Readable by everyone (nfd-worker runs as its own user).
+/// rename ([`crate::support::files::replace`]). Readable by everyone
+/// (nfd-worker runs as its own user).
 pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(std::io::Error::other("no file name"));
-    };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::support::files::replace(path, text.as_bytes(), 0o644)
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ use crate::support::shim_dir::{
     self, BINARY, COUNTS, FELL_BACK, MANIFEST_SUFFIX, Manifest, PRIVATE, RAN_QEMU,
 };
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -78,12 +77,7 @@ fn put(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<bool> {
     if std::fs::read(path).is_ok_and(|b| b == bytes) {
         return Ok(false);
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    set_mode(tmp.path(), mode)?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    crate::support::files::replace(path, bytes, mode)?;
     Ok(true)
 }
 

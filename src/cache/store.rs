@@ -9,12 +9,11 @@
 //! one: a key that is not a plain name is refused, never rewritten, so two
 //! keys can never share a file.
 
+use crate::support::files::{TEMP_PREFIX, replace};
 use rustix::fs::{FileType, Mode, OFlags};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Prefix of temporary files; leftovers of a crash are swept at start.
-const TEMP_PREFIX: &str = ".tmp-";
 /// A cache file larger than this is not read (it cannot be ours).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// The longest key.
@@ -121,13 +120,7 @@ impl Store {
             return Err(bad_key(key));
         }
         std::fs::create_dir_all(&self.dir)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(&self.dir)?;
-        tmp.write_all(bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(self.path(key)).map_err(|e| e.error)?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        replace(&self.path(key), bytes, 0o600)
     }
 
     /// Whether files can be written here now: the directory is created if

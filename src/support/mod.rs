@@ -1,9 +1,11 @@
 //! Small leaf helpers with no knowledge of QEMU or the agent: a content
-//! hash that is stable across builds, RFC 3339 timestamps, base64, the
-//! shim directory's layout and node-feature-discovery's label rules.
+//! hash that is stable across builds, RFC 3339 timestamps, base64, atomic
+//! file replacement, the shim directory's layout and node-feature-discovery's
+//! label rules.
 
 pub mod base64;
 pub mod digest;
+pub mod files;
 pub mod nfd;
 pub mod shim_dir;
 pub mod timefmt;
