@@ -410,7 +410,10 @@ impl Agent {
         let mut said = rendered.skipped;
         match written {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => said.push(format!("cannot write {}: {e}", file.display())),
+            Ok(Err(e)) => said.push(format!(
+                "cannot write {}: {e}; the labels are kept off the node (make its directory, NFD's features.d, writable by the agent's user, or unset nfd_features_file)",
+                file.display()
+            )),
             Err(e) => said.push(format!(
                 "the write of {} did not complete: {e}",
                 file.display()

@@ -399,17 +399,7 @@ fn the_prometheus_rule_resource_passes_promtool() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("rules.yml");
     std::fs::write(&f, serde_yaml::to_string(spec).unwrap()).unwrap();
-    let out = Command::new(promtool)
-        .args(["check", "rules"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::check_rules(&promtool, &f);
     assert!(said.contains("SUCCESS"), "{said}");
 }
 

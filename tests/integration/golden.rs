@@ -100,10 +100,7 @@ fn metrics_of_an_agent_over_two_replayed_transcripts() {
         "qemu-system-riscv64",
         "caps_9.1.0_riscv64.replies",
     );
-    // A fixture host with a /dev/kvm: the same KVM answers on any machine.
-    let host = d.path().join("host");
-    std::fs::create_dir_all(host.join("dev")).unwrap();
-    std::fs::write(host.join("dev/kvm"), "").unwrap();
+    let host = common::kvm_host(d.path());
     let agent = InProcess::start(
         d.path(),
         &format!(

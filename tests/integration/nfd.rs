@@ -80,10 +80,7 @@ fn the_feature_file_holds_the_chosen_labels_and_follows_an_upgrade() {
         "qemu-system-aarch64",
         "caps_8.2.0_aarch64.replies",
     );
-    // A fixture host with a /dev/kvm: the same KVM answers on any machine.
-    let host = d.path().join("host");
-    std::fs::create_dir_all(host.join("dev")).unwrap();
-    std::fs::write(host.join("dev/kvm"), "").unwrap();
+    let host = common::kvm_host(d.path());
     let before = jiff::Timestamp::now();
     let agent = InProcess::start(
         d.path(),

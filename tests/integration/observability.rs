@@ -196,16 +196,7 @@ fn live_metrics_pass_promtool_check_metrics() {
 #[test]
 fn rules_pass_promtool_check_and_their_tests() {
     let promtool = require_tool("promtool");
-    let check = Command::new(&promtool)
-        .args(["check", "rules"])
-        .arg(repo("deploy/prometheus/qcapsd.rules.yml"))
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    common::check_rules(&promtool, &repo("deploy/prometheus/qcapsd.rules.yml"));
     let test = Command::new(&promtool)
         .args(["test", "rules"])
         .arg(repo("deploy/prometheus/qcapsd.rules.test.yml"))
@@ -310,16 +301,7 @@ fn dashboard_is_valid_its_queries_parse_and_use_only_live_metrics() {
         }
         let f = dir.path().join("dashboard.rules.yml");
         std::fs::write(&f, y).unwrap();
-        let out = Command::new(promtool)
-            .args(["check", "rules"])
-            .arg(&f)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        common::check_rules(&promtool, &f);
     }
     // Every metric it uses is on a live agent's /metrics.
     let s = scene();

@@ -34,6 +34,6 @@ pub use in_process::{InProcess, x86_yaml};
 pub use libvirt::*;
 pub use poll::{poll_until, poll_until_async, poll_until_for};
 pub use procs::*;
-pub use prometheus::Prometheus;
+pub use prometheus::{Prometheus, check_rules};
 pub use qemu::*;
 pub use stand_ins::*;

@@ -6,6 +6,23 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// `promtool check rules FILE`, which must pass; returns what it printed.
+pub fn check_rules(promtool: &Path, file: &Path) -> String {
+    let out = Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "promtool check rules {}: {said}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
 pub struct Prometheus {
     child: std::process::Child,
     pub port: u16,

@@ -158,3 +158,12 @@ pub fn help_stand_in(path: &Path, transcript_file: &str, tag: &str, count_file: 
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&staged, path).unwrap();
 }
+
+/// A fixture host root (config `host_root`) in `dir/host` with a
+/// `/dev/kvm`: the same KVM answers on any machine.
+pub fn kvm_host(dir: &Path) -> PathBuf {
+    let host = dir.join("host");
+    std::fs::create_dir_all(host.join("dev")).unwrap();
+    std::fs::write(host.join("dev/kvm"), "").unwrap();
+    host
+}
