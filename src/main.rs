@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         config: None,
         log_format: LogFormat::Human,
     });
-    match command {
+    let code = match command {
         Command::Run { config, log_format } => run(&runtime, config, log_format),
         Command::Probe { schema: true, .. } => {
             commands::print_json(&qcapsd::api::openapi::document_schema())
@@ -97,8 +97,15 @@ fn main() -> ExitCode {
         },
         Command::CheckConfig { file } => commands::check_config(&file),
         Command::Shim { config, dir, sync } => commands::shim(config, dir, sync),
-    }
+    };
+    // A blocking task stuck on a hung file system (a feature file on a
+    // dead mount) must not keep the process from exiting.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    code
 }
+
+/// How long blocking work still running gets once a command is done.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

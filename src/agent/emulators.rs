@@ -145,6 +145,13 @@ pub struct View {
     pub host: Arc<HostContext>,
 }
 
+impl View {
+    /// The configured emulators, by name.
+    pub fn specs(&self) -> Vec<EmulatorSpec> {
+        self.table.values().cloned().collect()
+    }
+}
+
 /// The cache handler for QEMU emulators.
 pub struct Emulators {
     view: RwLock<Arc<View>>,

@@ -227,6 +227,22 @@ impl History {
     }
 }
 
+/// After each pass, the files whose last write failed are written again
+/// (once the directory can be).
+impl super::pass::Feature for History {
+    fn name(&self) -> &'static str {
+        "change history"
+    }
+
+    fn after_pass(
+        self: Arc<Self>,
+        _snapshot: Arc<super::pass::Snapshot>,
+    ) -> Option<super::pass::Work> {
+        self.retry_unwritten();
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

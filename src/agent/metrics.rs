@@ -113,9 +113,6 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub http_waiting: IntGauge,
     shim_requests: IntCounterVec,
-    /// The count files last read: (emulator, result) → bytes seen, so each
-    /// scrape adds what the shims appended since.
-    shim_files: std::sync::Mutex<HashMap<(String, ShimResult), u64>>,
     reloads: IntCounterVec,
     /// Times the emulator set resolved to nothing (start, reloads).
     pub discovery_empty: IntCounter,
@@ -388,7 +385,6 @@ impl Metrics {
                 "Calls of an emulator through its shim, by result: answered (from the memo, no exec), recorded (first call of an argument list: one exec), ran_qemu (the shim ran QEMU: not a pure query, or past the memo's bounds), fell_back (the agent did not answer; the shim ran QEMU). Created at 0 per emulator.",
                 &["emulator", "result"],
             )?,
-            shim_files: std::sync::Mutex::new(HashMap::new()),
             reloads: counter(
                 "qcapsd_config_reloads_total",
                 "Config reloads (SIGHUP) by result: success or failure (a refused config keeps the running one).",
@@ -521,10 +517,6 @@ impl Metrics {
         for r in ShimResult::ALL {
             let _ = self.shim_requests.remove_label_values(&[e, r.as_str()]);
         }
-        self.shim_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(x, _), _| x != e);
         let _ = self.exec_duration.remove_label_values(&[e]);
         let _ = self.seconds_saved.remove_label_values(&[e]);
         let _ = self.emulator_up.remove_label_values(&[e]);
@@ -638,17 +630,12 @@ impl Metrics {
     }
 
     /// What the shims counted themselves (they cannot reach the agent when
-    /// they run QEMU): `bytes` is the size of `e`'s count file for
-    /// `result`; what it grew since the last look is added.
-    pub fn shim_count_file(&self, e: &str, result: ShimResult, bytes: u64) {
-        let mut seen = self.shim_files.lock().unwrap_or_else(|p| p.into_inner());
-        let last = seen.entry((e.to_owned(), result)).or_insert(0);
-        if bytes > *last {
-            self.shim_requests
-                .with_label_values(&[e, result.as_str()])
-                .inc_by(bytes - *last);
-        }
-        *last = bytes;
+    /// they run QEMU): `n` more calls of emulator `e`'s shim ended as
+    /// `result`.
+    pub fn shim_counted(&self, e: &str, result: ShimResult, n: u64) {
+        self.shim_requests
+            .with_label_values(&[e, result.as_str()])
+            .inc_by(n);
     }
 
     /// The last feature file for node-feature-discovery held `written`

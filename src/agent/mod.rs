@@ -1,16 +1,24 @@
-//! The running agent's state: the config in force, the emulator cache and
-//! the metrics, built from a [`Config`] and rebuilt in place on reload.
-//! The HTTP servers and the revalidator share one `Arc<Agent>`.
+//! The running agent, a coordinator: the config in force, the emulator
+//! cache with its metrics, history and long-poll versions, and the
+//! pass-driven features ([`pass::Feature`]: gauges, shims, node labels,
+//! the history's retries), each in its own file with its own state. It
+//! resolves the emulator set (start, reload, discovery), runs the
+//! start-up pass, takes the one [`pass::Snapshot`] a pass or a scrape
+//! hands the features, and starts their after-pass work. The HTTP
+//! servers and the revalidator share one `Arc<Agent>`.
 
 pub mod emulators;
 pub mod files;
+pub mod gauges;
 pub mod history;
 pub mod memo;
 pub mod metrics;
 pub mod nfd;
+pub mod pass;
 pub mod render;
 pub mod revalidate;
 pub mod shims;
+pub mod system;
 pub mod watch;
 
 use crate::agent::emulators::{Emulators, ProbeSettings, Reporter};
@@ -21,11 +29,11 @@ use crate::cache::{Backoff, Cache, State, store::Store};
 use crate::config::discovery::{self, DiscoveryError, EmulatorSpec, Resolved};
 use crate::config::{Config, defaults};
 use crate::qemu::fingerprint::Host;
-use crate::support::shim_dir;
-use metrics::{CapabilityPart, ShimResult};
+use pass::{Features, Snapshot};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+pub use system::SystemFacts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -46,8 +54,8 @@ pub struct Agent {
     pub versions: Arc<Versions>,
     /// The history's writer task's input, taken by `start`.
     history_writes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
-    /// Serializes gauge refresh and encoding, so concurrent scrapes never
-    /// see the per-emulator gauges half rebuilt.
+    /// Serializes the features' gauge refresh and encoding, so
+    /// concurrent scrapes never see the gauges half rebuilt.
     scrape: Mutex<()>,
     /// Set once the start-up pass (disk, probes, cache files written) is
     /// over; watched by the readiness notification.
@@ -56,11 +64,10 @@ pub struct Agent {
     config: RwLock<Arc<Config>>,
     /// The machine the agent runs on (read once).
     system: SystemFacts,
-    /// What the last shim update could not make, so it is logged once.
-    shims_skipped: Mutex<Vec<String>>,
-    /// What the last node-label write said (skipped labels, or why it
-    /// failed), so each is logged once, not at every pass.
-    labels_said: Mutex<Vec<String>>,
+    /// The shim directory (also among `features`).
+    shims: Arc<shims::Shims>,
+    /// Everything a pass drives, in order.
+    features: Features,
 }
 
 fn settings(cfg: &Config) -> ProbeSettings {
@@ -139,6 +146,11 @@ impl Agent {
             }),
         );
         cache.set_keys(&names(&specs));
+        let mut features = Features::default();
+        features.add(Arc::new(gauges::Gauges::new(Arc::clone(&metrics))));
+        let shims = features.add(Arc::new(shims::Shims::new(Arc::clone(&metrics))));
+        features.add(Arc::new(nfd::NodeLabels::new(Arc::clone(&metrics))));
+        features.add(Arc::clone(&history));
         Ok(Arc::new(Agent {
             cache,
             metrics,
@@ -149,8 +161,8 @@ impl Agent {
             started: tokio::sync::watch::Sender::new(false),
             config: RwLock::new(Arc::new(cfg)),
             system: SystemFacts::read(),
-            shims_skipped: Mutex::new(Vec::new()),
-            labels_said: Mutex::new(Vec::new()),
+            shims,
+            features,
         }))
     }
 
@@ -163,6 +175,23 @@ impl Agent {
 
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The agent as it is now, for the features: the config, the
+    /// emulator table and every emulator's status (memory only).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            config: self.config(),
+            view: self.cache.handler().view(),
+            statuses: self.cache.statuses(),
+        }
+    }
+
+    /// Starts every feature's after-pass work on a snapshot taken now,
+    /// each in a task of its own (see [`pass::Features`]); returns the
+    /// tasks, which nothing needs to wait for.
+    pub fn after_pass(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.features.after_pass(&Arc::new(self.snapshot()))
     }
 
     /// Serves what the disk cache still holds validly, then probes the rest
@@ -207,9 +236,11 @@ impl Agent {
             total - loaded
         );
         self.cache.revalidate_all().await;
-        self.write_node_labels().await;
+        // Ready first: what the features write (a feature file on a hung
+        // mount) must not delay the answers.
         self.started.send_replace(true);
         tracing::info!(execs = self.cache.handler().counter.get(), "ready");
+        self.after_pass();
     }
 
     /// Applies a new config: the emulator set (added, removed, changed) and
@@ -284,15 +315,7 @@ impl Agent {
         };
         let mut now = resolved.emulators.clone();
         now.sort();
-        let mut before: Vec<EmulatorSpec> = self
-            .cache
-            .handler()
-            .view()
-            .table
-            .values()
-            .cloned()
-            .collect();
-        before.sort();
+        let before = self.cache.handler().view().specs();
         if now == before {
             return false;
         }
@@ -314,121 +337,9 @@ impl Agent {
     }
 
     /// Makes the shim directory (config `shim_dir`) hold one shim per
-    /// emulator now configured. A directory that cannot be written is
-    /// logged: callers of a missing shim run QEMU as before.
+    /// emulator now configured (see [`shims::Shims::sync`]).
     pub async fn sync_shims(&self) {
-        let cfg = self.config();
-        let Some(dir) = cfg.shim_dir.as_ref().map(|d| d.0.clone()) else {
-            return;
-        };
-        let specs: Vec<EmulatorSpec> = self
-            .cache
-            .handler()
-            .view()
-            .table
-            .values()
-            .cloned()
-            .collect();
-        let timeout_ms = cfg.shim_timeout.as_millis() as u64;
-        let (task_dir, binary) = (dir.clone(), cfg.shim_binary());
-        let synced = tokio::task::spawn_blocking(move || {
-            shims::sync(&task_dir, &specs, &binary, timeout_ms)
-        })
-        .await;
-        match synced {
-            Ok(Ok(done)) => {
-                for (name, real) in &done.written {
-                    tracing::info!(shim = %dir.join(name).display(), real = %real.display(), "shim in place");
-                }
-                for name in &done.removed {
-                    tracing::info!(shim = %dir.join(name).display(), "shim removed");
-                }
-                let mut last = self.shims_skipped.lock().unwrap_or_else(|p| p.into_inner());
-                if *last != done.skipped {
-                    for s in &done.skipped {
-                        tracing::warn!("shim not made: {s}");
-                    }
-                    *last = done.skipped;
-                }
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(dir = %dir.display(), %error, "cannot keep the shim directory; callers of its shims run QEMU as before")
-            }
-            Err(error) => tracing::warn!(%error, "shim directory update did not complete"),
-        }
-    }
-
-    /// Rewrites node-feature-discovery's feature file (config
-    /// `nfd_features_file`) from what is in memory, with a fresh expiry:
-    /// after the start-up pass and every revalidation pass. Skipped labels
-    /// and a failed write are logged when they change.
-    pub async fn write_node_labels(&self) {
-        let cfg = self.config();
-        let Some(file) = cfg.nfd_features_file.as_ref().map(|f| f.0.clone()) else {
-            return;
-        };
-        let view = self.cache.handler().view();
-        let entries: Vec<(String, String, Arc<emulators::Entry>)> = view
-            .table
-            .values()
-            .filter_map(|spec| {
-                let entry = self.cache.peek(&spec.name)?;
-                let file_name = spec
-                    .path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                Some((spec.name.clone(), file_name, entry))
-            })
-            .collect();
-        let sources: Vec<nfd::Source> = entries
-            .iter()
-            .map(|(name, file_name, e)| nfd::Source {
-                name,
-                file_name,
-                caps: &e.caps,
-            })
-            .collect();
-        let lists =
-            |v: &[crate::config::LabelPart]| v.iter().map(|l| l.0.clone()).collect::<Vec<_>>();
-        let (cpu_models, machine_types) =
-            (lists(&cfg.nfd_cpu_models), lists(&cfg.nfd_machine_types));
-        let ahead =
-            (*cfg.revalidate_interval * defaults::NFD_EXPIRY_PASSES).max(defaults::NFD_EXPIRY_MIN);
-        let rendered = nfd::render(
-            &sources,
-            nfd::Wanted {
-                cpu_models: &cpu_models,
-                machine_types: &machine_types,
-            },
-            std::time::SystemTime::now() + ahead,
-        );
-        self.metrics
-            .node_labels(rendered.written, rendered.skipped.len());
-        let (path, text) = (file.clone(), rendered.text);
-        let written = tokio::task::spawn_blocking(move || nfd::write(&path, &text)).await;
-        let mut said = rendered.skipped;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => said.push(format!(
-                "cannot write {}: {e}; the labels are kept off the node (make its directory, NFD's features.d, writable by the agent's user, or unset nfd_features_file)",
-                file.display()
-            )),
-            Err(e) => said.push(format!(
-                "the write of {} did not complete: {e}",
-                file.display()
-            )),
-        }
-        let mut last = self.labels_said.lock().unwrap_or_else(|p| p.into_inner());
-        if *last != said {
-            for s in &said {
-                tracing::warn!(file = %file.display(), "node labels: {s}");
-            }
-            if said.is_empty() && !last.is_empty() {
-                tracing::info!(file = %file.display(), "node labels written again in full");
-            }
-            *last = said;
-        }
+        self.shims.sync(&self.snapshot()).await;
     }
 
     /// Records a reload refused before it reached the agent (unreadable or
@@ -470,66 +381,12 @@ impl Agent {
         &self.system
     }
 
-    /// The /metrics text: per-emulator gauges refreshed from the cache's
-    /// statuses (memory only), then every metric encoded.
+    /// The /metrics text: every feature's gauges refreshed from one
+    /// snapshot (memory only), then every metric encoded.
     pub fn scrape(&self) -> Result<Vec<u8>, prometheus::Error> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        let m = &self.metrics;
-        let view = self.cache.handler().view();
-        m.emulator_info.reset();
-        for st in self.cache.statuses() {
-            let caps = st.data.as_deref().map(|d| &d.caps);
-            if let Some(caps) = caps {
-                for &part in CapabilityPart::ALL {
-                    m.capabilities
-                        .with_label_values(&[&st.key, part.as_str()])
-                        .set(part.count(caps) as i64);
-                }
-            }
-            let path = view
-                .table
-                .get(&st.key)
-                .map(|t| t.path.display().to_string())
-                .unwrap_or_default();
-            let version = caps
-                .and_then(|c| c.qemu.as_ref())
-                .map(|q| q.version.as_str());
-            m.emulator_info
-                .with_label_values(&[
-                    st.key.as_str(),
-                    &path,
-                    caps.and_then(|c| c.arch.as_deref()).unwrap_or(""),
-                    version.unwrap_or(""),
-                ])
-                .set(1);
-            let up = st.state == State::Fresh || (st.state == State::Probing && version.is_some());
-            m.emulator_up
-                .with_label_values(&[&st.key])
-                .set(i64::from(up));
-        }
-        self.read_shim_counts(&view);
-        m.encode()
-    }
-
-    /// What the shims counted themselves (pass-throughs, fallbacks): the
-    /// sizes of their count files, into `qcapsd_shim_requests_total`.
-    fn read_shim_counts(&self, view: &emulators::View) {
-        let cfg = self.config();
-        let Some(dir) = cfg.shim_dir.as_ref() else {
-            return;
-        };
-        let specs: Vec<EmulatorSpec> = view.table.values().cloned().collect();
-        let (shims, _) = shims::wanted(&specs);
-        for (shim, spec) in &shims {
-            for (what, result) in [
-                (shim_dir::RAN_QEMU, ShimResult::RanQemu),
-                (shim_dir::FELL_BACK, ShimResult::FellBack),
-            ] {
-                if let Ok(m) = std::fs::metadata(shim_dir::count_file(dir, shim, what)) {
-                    self.metrics.shim_count_file(&spec.name, result, m.len());
-                }
-            }
-        }
+        self.features.on_scrape(&self.snapshot());
+        self.metrics.encode()
     }
 
     /// A one-line summary for the service manager: `2 emulators: 2 fresh,
@@ -561,39 +418,4 @@ impl Agent {
 
 fn names(specs: &[EmulatorSpec]) -> Vec<String> {
     specs.iter().map(|s| s.name.clone()).collect()
-}
-
-/// CPU brand and count, memory and host name, read once at start: the
-/// machine the agent itself runs on (not below `host_root`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct SystemFacts {
-    /// The host name.
-    pub hostname: Option<String>,
-    /// The first CPU's brand string.
-    pub cpu_brand: Option<String>,
-    /// Logical CPUs.
-    pub cpus: usize,
-    /// Total memory.
-    pub memory_bytes: u64,
-}
-
-impl SystemFacts {
-    pub fn read() -> SystemFacts {
-        use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
-        let sys = System::new_with_specifics(
-            RefreshKind::nothing()
-                .with_cpu(CpuRefreshKind::nothing())
-                .with_memory(MemoryRefreshKind::nothing().with_ram()),
-        );
-        SystemFacts {
-            hostname: System::host_name(),
-            cpu_brand: sys
-                .cpus()
-                .first()
-                .map(|c| c.brand().trim().to_owned())
-                .filter(|b| !b.is_empty()),
-            cpus: sys.cpus().len(),
-            memory_bytes: sys.total_memory(),
-        }
-    }
 }

@@ -15,11 +15,114 @@
 //! ignores dotfiles), and never exceeds NFD's 64 KiB (labels that do not
 //! fit, or whose name or value breaks the rules, are skipped and counted).
 
+use super::metrics::Metrics;
+use super::pass::{Feature, Snapshot, Work};
+use crate::config::defaults;
 use crate::qemu::{Capabilities, named_for_arch};
 use crate::support::nfd::{MAX_FILE, PREFIX, is_label_part};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+/// The node labels as a feature of the agent: the feature file rewritten
+/// from memory after every pass, with a fresh expiry. Its own task, so a
+/// `features.d` on a hung mount delays neither readiness nor the next
+/// pass. Skipped labels and a failed write are logged when they change.
+pub struct NodeLabels {
+    metrics: Arc<Metrics>,
+    /// What the last write said (skipped labels, or why it failed), so
+    /// each is logged once, not at every pass.
+    said: Mutex<Vec<String>>,
+}
+
+impl NodeLabels {
+    pub fn new(metrics: Arc<Metrics>) -> NodeLabels {
+        NodeLabels {
+            metrics,
+            said: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Writes the feature file (config `nfd_features_file`) for `snap`.
+    pub async fn write(&self, snap: &Snapshot) {
+        let cfg = &snap.config;
+        let Some(file) = cfg.nfd_features_file.as_ref().map(|f| f.0.clone()) else {
+            return;
+        };
+        let file_names: Vec<(String, String)> = snap
+            .probed()
+            .map(|(spec, _)| {
+                let file_name = spec
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (spec.name.clone(), file_name)
+            })
+            .collect();
+        let sources: Vec<Source> = snap
+            .probed()
+            .zip(&file_names)
+            .map(|((_, entry), (name, file_name))| Source {
+                name,
+                file_name,
+                caps: &entry.caps,
+            })
+            .collect();
+        let lists =
+            |v: &[crate::config::LabelPart]| v.iter().map(|l| l.0.clone()).collect::<Vec<_>>();
+        let (cpu_models, machine_types) =
+            (lists(&cfg.nfd_cpu_models), lists(&cfg.nfd_machine_types));
+        let ahead =
+            (*cfg.revalidate_interval * defaults::NFD_EXPIRY_PASSES).max(defaults::NFD_EXPIRY_MIN);
+        let rendered = render(
+            &sources,
+            Wanted {
+                cpu_models: &cpu_models,
+                machine_types: &machine_types,
+            },
+            SystemTime::now() + ahead,
+        );
+        self.metrics
+            .node_labels(rendered.written, rendered.skipped.len());
+        let (path, text) = (file.clone(), rendered.text);
+        let written = tokio::task::spawn_blocking(move || write(&path, &text)).await;
+        let mut said = rendered.skipped;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => said.push(format!(
+                "cannot write {}: {e}; the labels are kept off the node (make its directory, NFD's features.d, writable by the agent's user, or unset nfd_features_file)",
+                file.display()
+            )),
+            Err(e) => said.push(format!(
+                "the write of {} did not complete: {e}",
+                file.display()
+            )),
+        }
+        let mut last = self.said.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != said {
+            for s in &said {
+                tracing::warn!(file = %file.display(), "node labels: {s}");
+            }
+            if said.is_empty() && !last.is_empty() {
+                tracing::info!(file = %file.display(), "node labels written again in full");
+            }
+            *last = said;
+        }
+    }
+}
+
+impl Feature for NodeLabels {
+    fn name(&self) -> &'static str {
+        "node labels"
+    }
+
+    fn after_pass(self: Arc<Self>, snapshot: Arc<Snapshot>) -> Option<Work> {
+        snapshot.config.nfd_features_file.as_ref()?;
+        Some(Box::pin(async move { self.write(&snapshot).await }))
+    }
+}
 
 /// One emulator's document, as labels see it.
 pub struct Source<'a> {
@@ -282,28 +385,5 @@ mod tests {
             r.text
         );
         assert_eq!(r.written, 2);
-    }
-
-    #[test]
-    fn the_file_is_renamed_into_place_and_readable_by_all() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("qcapsd");
-        write(&f, "qcapsd.io/kvm=true\n").unwrap();
-        write(&f, "qcapsd.io/kvm=false\n").unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&f).unwrap(),
-            "qcapsd.io/kvm=false\n"
-        );
-        assert_eq!(
-            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
-        let names: Vec<_> = std::fs::read_dir(d.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["qcapsd"], "no temporary file left");
-        assert!(write(&d.path().join("missing/qcapsd"), "x").is_err());
     }
 }

@@ -105,12 +105,11 @@ impl Revalidator {
             }
             agent.rediscover().await;
             agent.cache.handler().refresh_host_context();
-            agent.history.retry_unwritten();
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = agent.cache.revalidate_all() => {}
             }
-            agent.write_node_labels().await;
+            agent.after_pass();
         }
     }
 }

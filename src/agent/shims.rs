@@ -12,6 +12,8 @@
 //! everyone, whatever the agent's umask: callers of a shim run as their own
 //! users.
 
+use super::metrics::{Metrics, ShimResult};
+use super::pass::{Feature, Snapshot, Work};
 use crate::config::discovery::EmulatorSpec;
 use crate::support::shim_dir::{
     self, BINARY, COUNTS, FELL_BACK, MANIFEST_SUFFIX, Manifest, PRIVATE, RAN_QEMU,
@@ -19,6 +21,118 @@ use crate::support::shim_dir::{
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The shim directory as a feature of the agent: kept in step with the
+/// emulator set ([`Shims::sync`], at start, on reload and on discovery),
+/// and the shims' own counts of what they did without the agent (run
+/// QEMU, fell back) taken into `qcapsd_shim_requests_total` after each
+/// pass and at each scrape, the files emptied as they are read.
+pub struct Shims {
+    metrics: Arc<Metrics>,
+    /// What the last sync could not make, so each is logged once.
+    skipped: Mutex<Vec<String>>,
+}
+
+impl Shims {
+    pub fn new(metrics: Arc<Metrics>) -> Shims {
+        Shims {
+            metrics,
+            skipped: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Makes the shim directory (config `shim_dir`) hold one shim per
+    /// emulator of `snap`. A directory that cannot be written is logged:
+    /// callers of a missing shim run QEMU as before.
+    pub async fn sync(&self, snap: &Snapshot) {
+        let cfg = &snap.config;
+        let Some(dir) = cfg.shim_dir.as_ref().map(|d| d.0.clone()) else {
+            return;
+        };
+        let specs = snap.specs();
+        let timeout_ms = cfg.shim_timeout.as_millis() as u64;
+        let (task_dir, binary) = (dir.clone(), cfg.shim_binary());
+        let synced =
+            tokio::task::spawn_blocking(move || sync(&task_dir, &specs, &binary, timeout_ms)).await;
+        match synced {
+            Ok(Ok(done)) => {
+                for (name, real) in &done.written {
+                    tracing::info!(shim = %dir.join(name).display(), real = %real.display(), "shim in place");
+                }
+                for name in &done.removed {
+                    tracing::info!(shim = %dir.join(name).display(), "shim removed");
+                }
+                let mut last = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+                if *last != done.skipped {
+                    for s in &done.skipped {
+                        tracing::warn!("shim not made: {s}");
+                    }
+                    *last = done.skipped;
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot keep the shim directory; callers of its shims run QEMU as before")
+            }
+            Err(error) => tracing::warn!(%error, "shim directory update did not complete"),
+        }
+    }
+
+    /// Adds what the shims counted since the last look to
+    /// `qcapsd_shim_requests_total`, emptying their count files.
+    fn take_counts(&self, snap: &Snapshot) {
+        let Some(dir) = snap.config.shim_dir.as_ref() else {
+            return;
+        };
+        let (shims, _) = wanted(&snap.specs());
+        for (shim, spec) in &shims {
+            for (what, result) in [
+                (RAN_QEMU, ShimResult::RanQemu),
+                (FELL_BACK, ShimResult::FellBack),
+            ] {
+                let n = take_count(&shim_dir::count_file(dir, shim, what));
+                if n > 0 {
+                    self.metrics.shim_counted(&spec.name, result, n);
+                }
+            }
+        }
+    }
+}
+
+impl Feature for Shims {
+    fn name(&self) -> &'static str {
+        "shims"
+    }
+
+    fn after_pass(self: Arc<Self>, snapshot: Arc<Snapshot>) -> Option<Work> {
+        snapshot.config.shim_dir.as_ref()?;
+        Some(Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || self.take_counts(&snapshot)).await;
+        }))
+    }
+
+    fn on_scrape(&self, snapshot: &Snapshot) {
+        self.take_counts(snapshot);
+    }
+}
+
+/// What a count file holds (a byte per call the shim counted), emptied:
+/// the shims append to it, so it would otherwise grow by a byte per call
+/// forever. A call counted between the read and the truncation (a window
+/// of microseconds) is lost, never counted twice. Blocking; 0 for a file
+/// that is not there or cannot be written.
+pub fn take_count(path: &Path) -> u64 {
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) else {
+        return 0;
+    };
+    match f.metadata() {
+        Ok(m) if m.len() > 0 => match f.set_len(0) {
+            Ok(()) => m.len(),
+            Err(_) => 0,
+        },
+        _ => 0,
+    }
+}
 
 /// What [`sync`] did.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -506,12 +506,24 @@ impl SignalOf for std::process::ExitStatus {
 fn a_vm_started_through_the_shim_is_qemu_in_the_caller_s_child() {
     let (agent, d, shim) = real_scene("shim_prewarm: []\n");
     a_vm_through_the_shim_is_qemu_itself(&shim, d.path());
-    let ran = agent
-        .metric(&format!(
-            "qcapsd_shim_requests_total{{emulator=\"{X86}\",result=\"ran_qemu\"}}"
-        ))
-        .unwrap();
-    assert_eq!(ran, 3.0, "three pass-throughs, counted");
+    let ran = || {
+        agent
+            .metric(&format!(
+                "qcapsd_shim_requests_total{{emulator=\"{X86}\",result=\"ran_qemu\"}}"
+            ))
+            .unwrap()
+    };
+    assert_eq!(ran(), 3.0, "three pass-throughs, counted");
+    // Issue 23: the agent takes what the count file holds and empties it
+    // (it grew a byte per call, forever); taken once, counted once.
+    let file = d
+        .path()
+        .join(format!("shims/.qcapsd/counts/{X86}.ran_qemu"));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "emptied");
+    assert_eq!(ran(), 3.0, "not counted twice");
+    let _ = run(&shim, None, &["-machine", "no-such-machine"]);
+    assert_eq!(ran(), 4.0);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
 }
 
 /// The queries of the fallback test.

@@ -67,3 +67,56 @@ pub fn qcapsd<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// A mount point on which every access hangs, as on a dead NFS server: a
+/// FUSE file system whose daemon never answers (a `sleep` holds
+/// `/dev/fuse` and reads nothing). Dropping it kills the holder, which
+/// aborts the connection (what hangs then fails with ENOTCONN), and
+/// detaches the mount. Tests that use it are `#[ignore = "needs root …"]`
+/// (mount(2)).
+pub struct HungMount {
+    pub path: PathBuf,
+    holder: std::process::Child,
+}
+
+impl HungMount {
+    /// Mounts it at `path` (made if missing). Nothing may touch `path`
+    /// afterwards but the code under test.
+    pub fn at(path: &Path) -> HungMount {
+        use std::io::BufRead;
+        std::fs::create_dir_all(path).unwrap();
+        // The device is opened in the child, so no other process this
+        // test binary forks can hold it open.
+        let mut holder = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "exec 3<>/dev/fuse && mount -i -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0 qcapsd-hung \"$1\" && echo mounted && exec sleep infinity",
+                "sh",
+            ])
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "mounted", "the FUSE mount failed (needs root)");
+        HungMount {
+            path: path.to_owned(),
+            holder,
+        }
+    }
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        // Its death closes the device: the hung calls return.
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
