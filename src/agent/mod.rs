@@ -170,7 +170,7 @@ impl Agent {
     /// left running, found by the tag in its probes' environment.
     /// Blocking (reads `/proc`); call before the first probe.
     pub fn sweep_leftovers(&self) -> usize {
-        crate::qemu::exec::sweep_tagged(self.cache.handler().probe_tag())
+        crate::qemu::reaper::sweep_tagged(self.cache.handler().probe_tag())
     }
 
     pub fn config(&self) -> Arc<Config> {

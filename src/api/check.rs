@@ -100,6 +100,7 @@ pub fn parse(raw: Option<&str>) -> Result<CheckQuery, QueryError> {
     Ok(CheckQuery {
         target,
         request: CheckRequest {
+            cpu_flags: Vec::new(),
             machine: name("machine")?,
             cpu: name("cpu")?,
             devices,
@@ -313,6 +314,7 @@ mod tests {
         assert_eq!(
             q.request,
             CheckRequest {
+                cpu_flags: Vec::new(),
                 machine: Some("q35".into()),
                 cpu: Some("Haswell".into()),
                 devices: vec!["virtio-blk-pci".into(), "qxl".into()],

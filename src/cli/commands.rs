@@ -40,7 +40,7 @@ fn fail(e: impl std::fmt::Display, code: Exit) -> ExitCode {
 /// Orphaned helpers of a probe are re-parented to this process, which
 /// kills them (see `qemu::exec`).
 pub fn become_subreaper() {
-    if let Err(e) = qemu::exec::become_subreaper() {
+    if let Err(e) = qemu::reaper::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a subreaper; helpers that leave a probe's process group may outlive it");
     }
 }

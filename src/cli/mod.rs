@@ -6,6 +6,7 @@ pub mod commands;
 pub mod tables;
 
 use crate::qemu::Accel;
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -48,7 +49,7 @@ pub enum Command {
         /// `auto`: as the agent does by default (KVM where it works, plus a
         /// TCG pass for CPU usability under TCG); `kvm` or `tcg`: one pass
         /// under that accelerator only.
-        #[arg(long, value_enum, default_value_t = Accel::Auto)]
+        #[arg(long, default_value = "auto", value_parser = accel_parser())]
         accel: Accel,
         /// Give up (and kill QEMU) after this many seconds.
         #[arg(long, default_value_t = 30)]
@@ -152,10 +153,18 @@ pub struct VmArgs {
     pub cpus: Option<u64>,
 }
 
+/// `--accel` of `qcapsd probe`: one of QEMU's accelerators or `auto`,
+/// listed in `--help`.
+fn accel_parser() -> impl clap::builder::TypedValueParser<Value = Accel> {
+    clap::builder::PossibleValuesParser::new(["auto", "kvm", "tcg"])
+        .map(|s| s.parse::<Accel>().unwrap_or_default())
+}
+
 impl VmArgs {
     /// The check request, accelerator included.
     pub fn request(self) -> crate::verdicts::check::CheckRequest {
         crate::verdicts::check::CheckRequest {
+            cpu_flags: Vec::new(),
             machine: self.machine,
             cpu: self.cpu,
             devices: self.devices,

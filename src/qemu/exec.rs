@@ -16,19 +16,21 @@
 //!   thread that lives as long as the process.
 //! - Helpers that leave QEMU's process group (a wrapper's child calling
 //!   `setsid()`) are re-parented to the agent when their parent dies, as the
-//!   agent is a child subreaper ([`become_subreaper`]); after each probe they
-//!   are killed and reaped ([`reap_orphans`]).
+//!   agent is a child subreaper ([`super::reaper::become_subreaper`]); after each probe they
+//!   are killed and reaped ([`super::reaper::reap_orphans`]).
 //! - At start, processes an earlier instance left (found by their tag) are
-//!   killed ([`sweep_tagged`]).
+//!   killed ([`super::reaper::sweep_tagged`]).
 
+use super::accel::Accel;
+pub use super::outcome::{Captured, ExecCounter, ExecError, ExecReport, Exit};
 use super::qmp::{DEFAULT_MAX_MESSAGE, Qmp, QmpError};
+use super::reaper::{SUBREAPER, reap_orphans};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -60,86 +62,6 @@ const BUSY_RETRIES: [Duration; 6] = [
     Duration::from_millis(700),
 ];
 
-/// Which accelerator QEMU is asked for.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// KVM where it works, TCG otherwise (`accel=kvm:tcg`).
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    fn machine_arg(self) -> &'static str {
-        match self {
-            Accel::Auto => "none,accel=kvm:tcg",
-            Accel::Kvm => "none,accel=kvm",
-            Accel::Tcg => "none,accel=tcg",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Auto => "auto",
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-
-    /// `kvm` or `tcg`: an accelerator a VM runs under (not `auto`).
-    pub fn concrete(name: &str) -> Result<Accel, UnknownAccel> {
-        match name.parse()? {
-            Accel::Auto => Err(UnknownAccel(name.to_owned())),
-            a => Ok(a),
-        }
-    }
-}
-
-/// A name that is not an accelerator qcapsd knows.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown accelerator '{}': use kvm or tcg", .0.escape_debug())]
-pub struct UnknownAccel(pub String);
-
-impl std::str::FromStr for Accel {
-    type Err = UnknownAccel;
-    fn from_str(s: &str) -> Result<Accel, UnknownAccel> {
-        match s {
-            "auto" => Ok(Accel::Auto),
-            "kvm" => Ok(Accel::Kvm),
-            "tcg" => Ok(Accel::Tcg),
-            _ => Err(UnknownAccel(s.to_owned())),
-        }
-    }
-}
-
-/// Counts QEMU processes started. Shared by everything that probes, so tests
-/// and metrics see the true number of execs.
-#[derive(Debug, Clone, Default)]
-pub struct ExecCounter(Arc<AtomicU64>);
-
-impl ExecCounter {
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-    fn bump(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// What to start and under which limits.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
@@ -161,158 +83,6 @@ impl ExecSpec {
             tag: None,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error("{}: no such file", .path.display())]
-    NotFound { path: PathBuf },
-    #[error("{}: not an executable file", .path.display())]
-    NotExecutable { path: PathBuf },
-    #[error(
-        "{}: cannot start: the file is open for writing by another process (being replaced?); still busy after {}ms",
-        .path.display(),
-        .waited.as_millis()
-    )]
-    Busy { path: PathBuf, waited: Duration },
-    #[error("{}: cannot start: {source}", .path.display())]
-    Spawn {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: no answer within {}s, killed{}", .path.display(), .after.as_secs_f64(), stderr_suffix(.stderr))]
-    Timeout {
-        path: PathBuf,
-        after: Duration,
-        stderr: String,
-    },
-    #[error("{}: probe cancelled", .path.display())]
-    Cancelled { path: PathBuf },
-    #[error("{}: printed more than {limit} bytes", .path.display())]
-    OutputTooLarge { path: PathBuf, limit: usize },
-    #[error("{}: {source}{}{}", .path.display(), status_suffix(.status), stderr_suffix(.stderr))]
-    Qmp {
-        path: PathBuf,
-        #[source]
-        source: Box<QmpError>,
-        /// How QEMU ended, if on its own (not killed by the agent).
-        status: Option<Exit>,
-        stderr: String,
-    },
-}
-
-impl ExecError {
-    /// Whether a process was started before the error (so there is an exec
-    /// time to record).
-    pub fn started(&self) -> bool {
-        matches!(
-            self,
-            ExecError::Timeout { .. }
-                | ExecError::Cancelled { .. }
-                | ExecError::Qmp { .. }
-                | ExecError::OutputTooLarge { .. }
-        )
-    }
-
-    /// Whether QEMU ended the conversation by exiting on its own (it
-    /// refused its command line, e.g. an accelerator it lacks), rather
-    /// than by a timeout, a cancellation or a garbled conversation.
-    pub fn exited_on_its_own(&self) -> bool {
-        matches!(
-            self,
-            ExecError::Qmp {
-                status: Some(_),
-                ..
-            }
-        )
-    }
-
-    /// Whether QEMU refused its command line: it exited on its own with
-    /// status 1, QEMU's exit on an error it reports (an accelerator it
-    /// lacks, a KVM-only build with no usable /dev/kvm). The same binary,
-    /// modules and host refuse the same command line the same way, so a
-    /// retry before one of them changes repeats the exec for the same
-    /// answer. Other ends may not recur: a signal (a crash, an OOM kill),
-    /// or the loader's 126/127 (a library the package manager has not
-    /// finished installing).
-    pub fn refused(&self) -> bool {
-        matches!(
-            self,
-            ExecError::Qmp {
-                status: Some(Exit::Code(1)),
-                ..
-            }
-        )
-    }
-
-    /// Why, as the bounded `reason` of metrics.
-    pub fn reason(&self) -> FailureReason {
-        match self {
-            ExecError::NotFound { .. } => FailureReason::NotFound,
-            ExecError::NotExecutable { .. } | ExecError::Busy { .. } | ExecError::Spawn { .. } => {
-                FailureReason::Spawn
-            }
-            ExecError::Timeout { .. } => FailureReason::Timeout,
-            ExecError::OutputTooLarge { .. } => FailureReason::Qmp,
-            ExecError::Cancelled { .. } => FailureReason::Cancelled,
-            ExecError::Qmp { .. } => FailureReason::Qmp,
-        }
-    }
-}
-
-crate::support::labelled! {
-    /// Why a probe failed: the `reason` label of
-    /// `qcapsd_probe_failures_total`, a fixed set.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-    pub enum FailureReason {
-        /// The binary is not there.
-        NotFound = "not_found",
-        /// It could not be started (not executable, busy, refused).
-        Spawn = "spawn",
-        /// No answer within the probe timeout.
-        Timeout = "timeout",
-        /// The QMP conversation broke (QEMU exited, or said something
-        /// that is not QMP).
-        Qmp = "qmp",
-        /// A reply had not the shape its command promises.
-        BadReply = "bad_reply",
-        /// The agent stopped the probe (shutting down); not a failure of
-        /// the emulator, so never counted.
-        Cancelled = "cancelled",
-    }
-}
-
-impl FailureReason {
-    /// Whether failures for this reason are counted (all but
-    /// cancellations).
-    pub fn counted(self) -> bool {
-        self != FailureReason::Cancelled
-    }
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() {
-        String::new()
-    } else {
-        format!("; stderr: {stderr}")
-    }
-}
-
-fn status_suffix(status: &Option<Exit>) -> String {
-    status
-        .as_ref()
-        .map(|s| format!(" ({s})"))
-        .unwrap_or_default()
-}
-
-/// How an exec went, for metrics and the probe record.
-#[derive(Debug, Clone, Copy)]
-pub struct ExecReport {
-    /// Wall time from spawn to reaped.
-    pub duration: Duration,
-    /// Processes this session started (counted where they are spawned).
-    pub execs: u64,
 }
 
 type Session = Qmp<ChildStdout, ChildStdin>;
@@ -526,44 +296,6 @@ pub struct QuerySpec {
     pub max_output: usize,
     /// Value of [`TAG_VAR`] in QEMU's environment.
     pub tag: Option<String>,
-}
-
-/// How QEMU ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Exit {
-    fn of(s: ExitStatus) -> Exit {
-        match (s.code(), s.signal()) {
-            (Some(c), _) => Exit::Code(c),
-            (None, Some(sig)) => Exit::Signal(sig),
-            // A reaped process has one or the other; a stopped one is not
-            // reaped.
-            _ => Exit::Signal(0),
-        }
-    }
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Exit::Code(c) => write!(f, "exited with status {c}"),
-            Exit::Signal(s) => write!(f, "killed by signal {s}"),
-        }
-    }
-}
-
-/// What QEMU printed for a query, and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Captured {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub exit: Exit,
-    /// Wall time from spawn to reaped.
-    pub duration: Duration,
 }
 
 /// Kills a process group when dropped (a cancelled or timed-out query).
@@ -880,111 +612,12 @@ async fn spawn_on_spawner(mut cmd: Command) -> std::io::Result<Child> {
 /// Pids of the QEMU processes the sandbox started and has not reaped yet.
 /// Held while forking, so an orphan sweep never takes a new QEMU for an
 /// orphan.
-fn leaders() -> MutexGuard<'static, HashSet<i32>> {
+pub(super) fn leaders() -> MutexGuard<'static, HashSet<i32>> {
     static LEADERS: OnceLock<Mutex<HashSet<i32>>> = OnceLock::new();
     LEADERS
         .get_or_init(|| Mutex::new(HashSet::new()))
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-}
-
-/// Set once the process is a subreaper (then orphans are ours to reap).
-static SUBREAPER: AtomicBool = AtomicBool::new(false);
-
-/// Makes this process the reaper of its orphaned descendants, so a helper
-/// that leaves QEMU's process group is re-parented here when its parent
-/// dies, and is killed after its probe. For the `qcapsd` binary only: a
-/// library user (a test process) has children of its own that are not
-/// probes.
-pub fn become_subreaper() -> std::io::Result<()> {
-    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
-    SUBREAPER.store(true, Ordering::Relaxed);
-    Ok(())
-}
-
-/// Children of this process that are not a live QEMU leader: helpers a
-/// probe left behind, re-parented here (as subreaper) when their parent
-/// was killed.
-fn orphans() -> Vec<Pid> {
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let live = leaders();
-    rd.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| !live.contains(pid))
-        .filter(|&pid| parent_of(pid) == Some(me))
-        .filter_map(Pid::from_raw)
-        .collect()
-}
-
-/// The parent pid in `/proc/PID/stat`.
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name (which may hold spaces and parentheses):
-    // state, then ppid.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Kills and reaps every orphan re-parented to this process, again until
-/// none is left (killing one re-parents its own children here). Their pids
-/// cannot be reused meanwhile: only their parent, this process, can reap
-/// them. Blocking; returns how many were killed.
-pub fn reap_orphans() -> usize {
-    let mut killed = 0;
-    for _ in 0..64 {
-        let found = orphans();
-        if found.is_empty() {
-            break;
-        }
-        for pid in found {
-            let _ = rustix::process::kill_process(pid, Signal::KILL);
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-            killed += 1;
-        }
-    }
-    if killed > 0 {
-        tracing::warn!(processes = killed, "killed processes a probe left behind");
-    }
-    killed
-}
-
-/// Kills every process whose environment carries `TAG_VAR=tag`: what an
-/// earlier instance of this agent (same cache directory) left running if
-/// it died without cleaning up. Call before the first probe. Returns how
-/// many were killed.
-pub fn sweep_tagged(tag: &str) -> usize {
-    let needle = format!("{TAG_VAR}={tag}");
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut killed = 0;
-    for pid in rd
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-    {
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
-            if let Some(p) = Pid::from_raw(pid) {
-                if rustix::process::kill_process(p, Signal::KILL).is_ok() {
-                    killed += 1;
-                }
-            }
-        }
-    }
-    if killed > 0 {
-        tracing::warn!(
-            processes = killed,
-            "killed probe processes an earlier instance left running"
-        );
-    }
-    killed
 }
 
 /// Whether `pid` has exited, checked without reaping it (so its pid, and

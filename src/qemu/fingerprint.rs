@@ -9,8 +9,8 @@
 //! is a snapshot the revalidator refreshes on each pass; a lookup only
 //! stats the binary and the module directories and checks `/dev/kvm`.
 
+use super::accel::Accel;
 use super::caps::SCHEMA_VERSION;
-use super::exec::Accel;
 use crate::support::digest::Fnv64;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

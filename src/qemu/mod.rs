@@ -3,16 +3,21 @@
 //! the capabilities document (`parse`, `caps`), one probe end to end
 //! (`probe`), and what makes a cached probe still valid (`fingerprint`).
 
+pub mod accel;
 pub mod caps;
 pub mod cmdline;
 pub mod exec;
 pub mod fingerprint;
+pub mod outcome;
 pub mod parse;
 pub mod probe;
 pub mod qmp;
+pub mod reaper;
+pub mod vm_args;
 
+pub use accel::Accel;
 pub use caps::Capabilities;
-pub use exec::{Accel, ExecCounter, ExecError, FailureReason};
+pub use outcome::{ExecCounter, ExecError, FailureReason};
 pub use probe::{ProbeError, ProbeReport, ProbeRequest, probe};
 pub use qmp::CommandTime;
 

@@ -12,10 +12,12 @@
 //! empty; a broken conversation or a reply of the wrong shape fails the probe
 //! with an error that names the command.
 
+use super::accel::Accel;
 use super::caps::{
     AccelPass, Capabilities, CpuUsability, DevicesSource, Emulator, ProbeInfo, SCHEMA_VERSION,
 };
-use super::exec::{Accel, ExecCounter, ExecError, ExecReport, ExecSpec, FailureReason, with_qemu};
+use super::exec::{ExecSpec, with_qemu};
+use super::outcome::{ExecCounter, ExecError, ExecReport, FailureReason};
 use super::parse::{self, ParseError};
 use super::qmp::{CommandTime, QmpError};
 use serde_json::{Value, json};

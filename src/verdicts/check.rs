@@ -25,6 +25,7 @@
 
 use crate::qemu::Accel;
 use crate::qemu::caps::{Capabilities, CpuUsability, DevicesSource, Machine};
+use crate::qemu::vm_args::CpuFlag;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,9 @@ use serde::{Deserialize, Serialize};
 pub struct CheckRequest {
     pub machine: Option<String>,
     pub cpu: Option<String>,
+    /// Explicit feature flags on the CPU model (a running VM's `-cpu
+    /// MODEL,-hle,+vmx`): a flag turned off is no longer a blocker.
+    pub cpu_flags: Vec<CpuFlag>,
     pub devices: Vec<String>,
     /// `kvm` or `tcg`; `None`: what the probe ran under.
     pub accel: Option<Accel>,
@@ -145,7 +149,14 @@ pub fn check(caps: &Capabilities, req: &CheckRequest, stale: Option<&str>) -> Ve
     }
     if let Some(cpu) = &req.cpu {
         let accel = v.accel.clone();
-        v.cpu = Some(check_cpu(caps, cpu, &accel, usability, &mut v));
+        v.cpu = Some(check_cpu(
+            caps,
+            cpu,
+            &req.cpu_flags,
+            &accel,
+            usability,
+            &mut v,
+        ));
     }
     v.devices = req
         .devices
@@ -313,9 +324,15 @@ fn check_machine<'a>(
     }
 }
 
+/// A CPU feature's name as QEMU compares them (`_` and `-` are one).
+fn feature_key(name: &str) -> String {
+    name.replace('_', "-")
+}
+
 fn check_cpu(
     caps: &Capabilities,
     name: &str,
+    flags: &[CpuFlag],
     accel: &str,
     usability: Usability,
     v: &mut Verdict,
@@ -348,6 +365,7 @@ fn check_cpu(
         },
         Usability::Unknown => return cpu_verdict(name, true, None, Vec::new(), model.deprecated),
     };
+    let (usable, blockers) = with_flags(usable, blockers, flags, name, accel, &mut v.warnings);
     match usable {
         Some(true) => cpu_verdict(name, true, usable, blockers, model.deprecated),
         Some(false) => {
@@ -368,6 +386,58 @@ fn check_cpu(
             cpu_verdict(name, true, None, blockers, model.deprecated)
         }
     }
+}
+
+/// Usability and blockers with the explicit flags applied: a blocker
+/// turned off is gone (`Haswell,-hle,-rtm` runs where only HLE and RTM
+/// are missing); a flag turned on that the document does not report as
+/// missing is not known to be there, which a warning says.
+fn with_flags(
+    usable: Option<bool>,
+    blockers: Vec<String>,
+    flags: &[CpuFlag],
+    name: &str,
+    accel: &str,
+    warnings: &mut Vec<String>,
+) -> (Option<bool>, Vec<String>) {
+    if flags.is_empty() {
+        return (usable, blockers);
+    }
+    let off: Vec<String> = flags
+        .iter()
+        .filter(|f| !f.on)
+        .map(|f| feature_key(&f.name))
+        .collect();
+    let before = blockers.len();
+    let blockers: Vec<String> = blockers
+        .into_iter()
+        .filter(|b| !off.contains(&feature_key(b)))
+        .collect();
+    let usable = match usable {
+        Some(false) if blockers.is_empty() && before > 0 => Some(true),
+        u => u,
+    };
+    let unknown: Vec<String> = flags
+        .iter()
+        .filter(|f| {
+            f.on && !blockers
+                .iter()
+                .any(|b| feature_key(b) == feature_key(&f.name))
+        })
+        .map(|f| shown(&f.name))
+        .collect();
+    if !unknown.is_empty() {
+        let mut list: Vec<&str> = unknown.iter().take(8).map(String::as_str).collect();
+        if unknown.len() > 8 {
+            list.push("…");
+        }
+        warnings.push(format!(
+            "cpu {name} asks for {} more feature(s) ({}): the document does not say whether the host has them under {accel} (verify asks QEMU)",
+            unknown.len(),
+            list.join(", ")
+        ));
+    }
+    (usable, blockers)
 }
 
 fn cpu_verdict(

@@ -518,6 +518,7 @@ mod tests {
         let a = input("a", |_| {});
         let b = input("b", |c| c.cpu_models[0].usable = Some(false));
         let req = CheckRequest {
+            cpu_flags: Vec::new(),
             cpu: Some("Haswell".into()),
             ..CheckRequest::default()
         };

@@ -315,6 +315,7 @@ async fn cpu_verdicts_of_recorded_probes_equal_libvirt_s() {
                     let v = check(
                         &caps,
                         &CheckRequest {
+                            cpu_flags: Vec::new(),
                             cpu: Some(name.clone()),
                             accel: Some(typ.parse().unwrap()),
                             ..CheckRequest::default()

@@ -263,3 +263,65 @@ fn edit_distance_counts_edits() {
     assert_eq!(edit_distance("", "abc"), 3);
     assert_eq!(edit_distance("abc", "abc"), 0);
 }
+
+fn flags(list: &[(&str, bool)]) -> Vec<CpuFlag> {
+    list.iter()
+        .map(|&(name, on)| CpuFlag {
+            name: name.to_owned(),
+            on,
+        })
+        .collect()
+}
+
+/// A running VM's `-cpu Haswell,-hle,-rtm`: the blockers it turns off
+/// are gone; one it turns on that the document calls missing stays a
+/// problem; one the document knows nothing of is a warning, not a guess.
+#[test]
+fn explicit_cpu_flags_turn_blockers_off_and_unknown_ones_are_said() {
+    let mut d = doc();
+    d.cpu_models
+        .push(cpu("Haswell-x", Some(false), &["hle", "rtm"]));
+    let asked = |list: &[(&str, bool)]| {
+        check(
+            &d,
+            &ask(|r| {
+                r.cpu = Some("Haswell-x".into());
+                r.cpu_flags = flags(list);
+            }),
+            None,
+        )
+    };
+    let v = asked(&[("hle", false), ("rtm", false)]);
+    assert!(v.ok, "{v:?}");
+    assert_eq!(v.cpu.clone().unwrap().usable, Some(true));
+    assert!(v.warnings.is_empty(), "{v:?}");
+    let v = asked(&[("hle", false)]);
+    assert!(!v.ok);
+    assert!(v.problems[0].ends_with("missing rtm"), "{v:?}");
+    let v = asked(&[("hle", false), ("rtm", true)]);
+    assert!(!v.ok, "rtm asked for and missing: {v:?}");
+    let v = asked(&[
+        ("hle", false),
+        ("rtm", false),
+        ("vmx", true),
+        ("pdpe1gb", true),
+    ]);
+    assert!(v.ok);
+    assert!(
+        v.warnings[0].contains("2 more feature(s) (vmx, pdpe1gb)"),
+        "{v:?}"
+    );
+    // QEMU spells features with `_` or `-` alike.
+    let mut d2 = doc();
+    d2.cpu_models
+        .push(cpu("Cascade", Some(false), &["avx512-vnni"]));
+    let v = check(
+        &d2,
+        &ask(|r| {
+            r.cpu = Some("Cascade".into());
+            r.cpu_flags = flags(&[("avx512_vnni", false)]);
+        }),
+        None,
+    );
+    assert!(v.ok, "{v:?}");
+}
