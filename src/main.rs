@@ -69,11 +69,27 @@ fn main() -> ExitCode {
             emulator,
             arch,
             vm,
+            verify,
             json,
         } => match commands::target_of(addr, socket) {
-            Ok(target) => {
-                runtime.block_on(commands::check(target, emulator, arch, vm.request(), json))
-            }
+            Ok(target) => runtime.block_on(commands::check(
+                target,
+                emulator,
+                arch,
+                vm.request(),
+                verify,
+                json,
+            )),
+            Err(code) => code,
+        },
+        Command::Vms {
+            addr,
+            socket,
+            against,
+            verify,
+            json,
+        } => match commands::target_of(addr, socket) {
+            Ok(target) => runtime.block_on(commands::vms(target, against, verify, json)),
             Err(code) => code,
         },
         Command::Compare { inputs, vm, json } => {

@@ -43,6 +43,9 @@ pub struct Entry {
     pub rendered: Rendered,
     /// QEMU's answers to pure queries under this entry's fingerprint.
     pub memo: Arc<Memo>,
+    /// QEMU's word on the VMs it was started with (`verify`), under this
+    /// entry's fingerprint (see [`crate::agent::verify`]).
+    pub verified: Arc<Memo>,
 }
 
 impl Entry {
@@ -51,7 +54,7 @@ impl Entry {
         fingerprint: Fingerprint,
         exec_seconds: f64,
         execs: Vec<Duration>,
-        memo: Memo,
+        (memo, verified): (Memo, Memo),
     ) -> Result<Entry, serde_json::Error> {
         let rendered = Rendered::new(&caps, &fingerprint, exec_seconds)?;
         Ok(Entry {
@@ -61,8 +64,19 @@ impl Entry {
             execs,
             rendered,
             memo: Arc::new(memo),
+            verified: Arc::new(verified),
         })
     }
+}
+
+/// The memos an entry keeps, each in a directory of its own beside the
+/// cache files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoKind {
+    /// QEMU's answers to pure queries (`cache_dir/memo`).
+    Queries,
+    /// QEMU's word on VMs it was started with (`cache_dir/verify`).
+    Verdicts,
 }
 
 /// What a cache file holds besides its header.
@@ -92,6 +106,8 @@ pub struct ProbeSettings {
     pub module_dirs: Vec<PathBuf>,
     /// The memo's bounds.
     pub memo_limits: Limits,
+    /// The bounds of the verifications' memo.
+    pub verify_limits: Limits,
     /// Queries recorded right after each probe (none without shims).
     pub prewarm: Vec<Vec<String>>,
 }
@@ -113,6 +129,10 @@ impl ProbeSettings {
                 max_queries: crate::config::defaults::SHIM_MEMO_MAX_QUERIES as usize,
                 max_bytes: crate::config::defaults::SHIM_MEMO_MAX_BYTES as usize,
             },
+            verify_limits: Limits {
+                max_queries: crate::config::defaults::VERIFY_MAX as usize,
+                max_bytes: crate::config::defaults::VERIFY_MAX_BYTES,
+            },
             prewarm: Vec::new(),
         }
     }
@@ -121,6 +141,12 @@ impl ProbeSettings {
     pub fn with_memo(mut self, limits: Limits, prewarm: Vec<Vec<String>>) -> Self {
         self.memo_limits = limits;
         self.prewarm = prewarm;
+        self
+    }
+
+    /// With the verifications' memo's bounds.
+    pub fn with_verify(mut self, limits: Limits) -> Self {
+        self.verify_limits = limits;
         self
     }
 }
@@ -159,6 +185,8 @@ pub struct Emulators {
     pub counter: ExecCounter,
     /// Where each emulator's memo is kept (`cache_dir/memo`).
     memo_store: Store,
+    /// Where each emulator's verifications are kept (`cache_dir/verify`).
+    verify_store: Store,
     /// Tag put in every probe's environment, so that processes left by an
     /// earlier instance of this agent can be found (see
     /// [`crate::qemu::exec::sweep_tagged`]).
@@ -172,6 +200,7 @@ impl Emulators {
         settings: ProbeSettings,
         probe_tag: String,
         memo_store: Store,
+        verify_store: Store,
     ) -> Self {
         let view = View {
             table: table_of(specs),
@@ -183,6 +212,7 @@ impl Emulators {
             host,
             counter: ExecCounter::default(),
             memo_store,
+            verify_store,
             probe_tag,
         }
     }
@@ -246,12 +276,39 @@ impl Emulators {
 }
 
 impl Emulators {
+    fn store(&self, kind: MemoKind) -> &Store {
+        match kind {
+            MemoKind::Queries => &self.memo_store,
+            MemoKind::Verdicts => &self.verify_store,
+        }
+    }
+
+    /// Both memos of `key`'s entry under `fingerprint`, read back from
+    /// their files (`read`) or empty. Blocking when reading.
+    fn memos(&self, key: &str, path: &Path, fingerprint: &Fingerprint, read: bool) -> (Memo, Memo) {
+        let settings = self.view().settings.clone();
+        let one = |kind: MemoKind, limits: &Limits| {
+            let answers = if read {
+                self.read_memo(kind, key, path, fingerprint)
+            } else {
+                Vec::new()
+            };
+            self.memo(kind, key, path, fingerprint, limits, answers)
+        };
+        (
+            one(MemoKind::Queries, &settings.memo_limits),
+            one(MemoKind::Verdicts, &settings.verify_limits),
+        )
+    }
+
     /// A memo for `key`'s entry under `fingerprint`, holding `answers`,
-    /// that writes itself to `cache_dir/memo/KEY.json` after each new
-    /// answer (on the blocking pool, one write at a time; a write that
-    /// fails is left to the next answer: the memo keeps serving).
+    /// that writes itself to its directory (`cache_dir/memo/KEY.json`,
+    /// `cache_dir/verify/KEY.json`) after each new answer (on the blocking
+    /// pool, one write at a time; a write that fails is left to the next
+    /// answer: the memo keeps serving).
     fn memo(
         &self,
+        kind: MemoKind,
         key: &str,
         path: &Path,
         fingerprint: &Fingerprint,
@@ -259,7 +316,7 @@ impl Emulators {
         answers: Vec<(QueryKey, Answer)>,
     ) -> Memo {
         let (store, key, path, fingerprint) = (
-            self.memo_store.clone(),
+            self.store(kind).clone(),
             key.to_owned(),
             path.to_owned(),
             fingerprint.clone(),
@@ -302,32 +359,35 @@ impl Emulators {
     /// Blocking.
     fn read_memo(
         &self,
+        kind: MemoKind,
         key: &str,
         path: &Path,
         fingerprint: &Fingerprint,
     ) -> Vec<(QueryKey, Answer)> {
-        let bytes = match self.memo_store.read(key) {
+        let store = self.store(kind);
+        let bytes = match store.read(key) {
             Ok(Some(b)) => b,
             Ok(None) => return Vec::new(),
             Err(error) => {
-                tracing::warn!(key, %error, "cannot read the memo file; discarding it");
-                self.memo_store.remove(key);
+                tracing::warn!(key, ?kind, %error, "cannot read the memo file; discarding it");
+                store.remove(key);
                 return Vec::new();
             }
         };
         match files::read_memo_file(&bytes, key, path, fingerprint) {
             Ok(answers) => answers,
             Err(error) => {
-                tracing::info!(key, %error, "discarding the memo file");
-                self.memo_store.remove(key);
+                tracing::info!(key, ?kind, %error, "discarding the memo file");
+                store.remove(key);
                 Vec::new()
             }
         }
     }
 
-    /// Removes `key`'s memo file (the emulator is no longer configured).
+    /// Removes `key`'s memo files (the emulator is no longer configured).
     pub fn remove_memo(&self, key: &str) {
         self.memo_store.remove(key);
+        self.verify_store.remove(key);
     }
 
     /// QEMU's answer to a pure query of emulator `key`, from `memo` or
@@ -492,8 +552,8 @@ impl Handler for Emulators {
                     .chain(&report.passes)
                     .map(|e| e.duration)
                     .collect();
-                let memo = self.memo(key, &spec.path, &stamp, &settings.memo_limits, Vec::new());
-                Ok(Entry::new(caps, stamp, seconds, execs, memo)?)
+                let memos = self.memos(key, &spec.path, &stamp, false);
+                Ok(Entry::new(caps, stamp, seconds, execs, memos)?)
             }
             Err(source) => {
                 // A QEMU that started is timed, failed ones too.
@@ -527,20 +587,13 @@ impl Handler for Emulators {
         if !s.exec_seconds.is_finite() || s.exec_seconds < 0.0 {
             return Err(CacheFileError::ExecSeconds);
         }
-        let answers = self.read_memo(key, configured, &s.fingerprint);
-        let memo = self.memo(
-            key,
-            configured,
-            &s.fingerprint,
-            &view.settings.memo_limits,
-            answers,
-        );
+        let memos = self.memos(key, configured, &s.fingerprint, true);
         Entry::new(
             s.capabilities,
             s.fingerprint,
             s.exec_seconds,
             Vec::new(),
-            memo,
+            memos,
         )
         .map_err(CacheFileError::Syntax)
     }

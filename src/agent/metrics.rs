@@ -17,6 +17,8 @@
 use crate::agent::memo::{Answer, MemoError, Source};
 use crate::qemu::FailureReason;
 use crate::qemu::caps::Capabilities;
+use crate::verdicts::check::Confirmation;
+use crate::verdicts::vms::VmVerdict;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -81,6 +83,9 @@ crate::support::labelled! {
     }
 }
 
+/// The results of `qcapsd_verifications_total`.
+const VERIFICATION_RESULTS: [&str; 3] = ["started", "refused", "answered"];
+
 /// The reasons of `qcapsd_probe_failures_total`, all created at zero.
 fn failure_reasons() -> impl Iterator<Item = &'static str> {
     FailureReason::ALL
@@ -113,6 +118,11 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub http_waiting: IntGauge,
     shim_requests: IntCounterVec,
+    /// Running VMs by emulator and verdict (set after each pass).
+    vms: IntGaugeVec,
+    /// Processes that may be VMs the agent could not read.
+    pub vms_unreadable: IntGauge,
+    verifications: IntCounterVec,
     reloads: IntCounterVec,
     /// Times the emulator set resolved to nothing (start, reloads).
     pub discovery_empty: IntCounter,
@@ -385,6 +395,28 @@ impl Metrics {
                 "Calls of an emulator through its shim, by result: answered (from the memo, no exec), recorded (first call of an argument list: one exec), ran_qemu (the shim ran QEMU: not a pure query, or past the memo's bounds), fell_back (the agent did not answer; the shim ran QEMU). Created at 0 per emulator.",
                 &["emulator", "result"],
             )?,
+            vms: reg(
+                r,
+                IntGaugeVec::new(
+                    opts(
+                        "qcapsd_vms",
+                        "Running VMs (QEMU processes of the emulator) by verdict on a restart with the binary installed now: ok, would_fail, binary_replaced (would start; runs a replaced binary), unknown. Set after each revalidation pass; every verdict created at 0 per emulator.",
+                    ),
+                    &["emulator", "verdict"],
+                )?,
+            )?,
+            vms_unreadable: reg(
+                r,
+                IntGauge::with_opts(opts(
+                    "qcapsd_vms_unreadable",
+                    "Processes named like an emulator whose executable the agent may not read (another user's VMs: they need root or CAP_SYS_PTRACE to be seen), at the last listing.",
+                ))?,
+            )?,
+            verifications: counter(
+                "qcapsd_verifications_total",
+                "Verdicts QEMU was asked to confirm (verify), by result: started or refused (QEMU's answer, one or more execs), answered (from the memo, no exec).",
+                &["emulator", "result"],
+            )?,
             reloads: counter(
                 "qcapsd_config_reloads_total",
                 "Config reloads (SIGHUP) by result: success or failure (a refused config keeps the running one).",
@@ -489,6 +521,12 @@ impl Metrics {
         for r in ShimResult::ALL {
             self.shim_requests.with_label_values(&[e, r.as_str()]);
         }
+        for v in VmVerdict::ALL {
+            self.vms.with_label_values(&[e, v.as_str()]);
+        }
+        for r in VERIFICATION_RESULTS {
+            self.verifications.with_label_values(&[e, r]);
+        }
     }
 
     /// Forgets every series of an emulator no longer configured.
@@ -516,6 +554,12 @@ impl Metrics {
         }
         for r in ShimResult::ALL {
             let _ = self.shim_requests.remove_label_values(&[e, r.as_str()]);
+        }
+        for v in VmVerdict::ALL {
+            let _ = self.vms.remove_label_values(&[e, v.as_str()]);
+        }
+        for r in VERIFICATION_RESULTS {
+            let _ = self.verifications.remove_label_values(&[e, r]);
         }
         let _ = self.exec_duration.remove_label_values(&[e]);
         let _ = self.seconds_saved.remove_label_values(&[e]);
@@ -627,6 +671,21 @@ impl Metrics {
         self.shim_requests
             .with_label_values(&[e, counted.as_str()])
             .inc();
+    }
+
+    /// `n` running VMs of emulator `e` have verdict `v`.
+    pub fn set_vms(&self, e: &str, v: VmVerdict, n: i64) {
+        self.vms.with_label_values(&[e, v.as_str()]).set(n);
+    }
+
+    /// QEMU confirmed a verdict of emulator `e` (or the memo held it).
+    pub fn record_verification(&self, e: &str, c: &Confirmation, source: Source) {
+        let result = match (source, c.started) {
+            (Source::Memo, _) => "answered",
+            (Source::Recorded, true) => "started",
+            (Source::Recorded, false) => "refused",
+        };
+        self.verifications.with_label_values(&[e, result]).inc();
     }
 
     /// What the shims counted themselves (they cannot reach the agent when

@@ -1,7 +1,8 @@
 //! The running agent, a coordinator: the config in force, the emulator
 //! cache with its metrics, history and long-poll versions, and the
 //! pass-driven features ([`pass::Feature`]: gauges, shims, node labels,
-//! the history's retries), each in its own file with its own state. It
+//! the history's retries, the running VMs), each in its own file with its
+//! own state. It
 //! resolves the emulator set (start, reload, discovery), runs the
 //! start-up pass, takes the one [`pass::Snapshot`] a pass or a scrape
 //! hands the features, and starts their after-pass work. The HTTP
@@ -19,6 +20,8 @@ pub mod render;
 pub mod revalidate;
 pub mod shims;
 pub mod system;
+pub mod verify;
+pub mod vms;
 pub mod watch;
 
 use crate::agent::emulators::{Emulators, ProbeSettings, Reporter};
@@ -66,6 +69,8 @@ pub struct Agent {
     system: SystemFacts,
     /// The shim directory (also among `features`).
     shims: Arc<shims::Shims>,
+    /// The running VMs and their verdicts (also among `features`).
+    pub vms: Arc<vms::Vms>,
     /// Everything a pass drives, in order.
     features: Features,
 }
@@ -89,6 +94,10 @@ fn settings(cfg: &Config) -> ProbeSettings {
         },
         prewarm,
     )
+    .with_verify(memo::Limits {
+        max_queries: cfg.verify_max.get() as usize,
+        max_bytes: defaults::VERIFY_MAX_BYTES,
+    })
 }
 
 /// The tag in every probe's environment: names this agent's cache, so a
@@ -125,6 +134,7 @@ impl Agent {
             settings(&cfg),
             probe_tag(&cfg.cache_dir),
             store.subdir("memo"),
+            store.subdir("verify"),
         ));
         let (history, history_writes) =
             History::new(store.subdir("history"), cfg.change_history.get() as usize);
@@ -151,6 +161,10 @@ impl Agent {
         let shims = features.add(Arc::new(shims::Shims::new(Arc::clone(&metrics))));
         features.add(Arc::new(nfd::NodeLabels::new(Arc::clone(&metrics))));
         features.add(Arc::clone(&history));
+        let vms = features.add(Arc::new(vms::Vms::new(
+            Arc::clone(&metrics),
+            Arc::clone(cache.handler()),
+        )));
         Ok(Arc::new(Agent {
             cache,
             metrics,
@@ -162,6 +176,7 @@ impl Agent {
             config: RwLock::new(Arc::new(cfg)),
             system: SystemFacts::read(),
             shims,
+            vms,
             features,
         }))
     }

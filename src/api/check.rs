@@ -1,7 +1,9 @@
 //! `GET /v1/check`: the admission check over HTTP. The query is parsed
 //! strictly before anything else (a malformed one is a 400 and touches no
 //! emulator), then the emulator's entry is looked up like on every other
-//! route and [`crate::verdicts::check::check`] gives the verdict.
+//! route and [`crate::verdicts::check::check`] gives the verdict. With
+//! `verify=true`, QEMU confirms it ([`crate::agent::verify`]: one exec
+//! the first time, none after).
 
 use super::Ctx;
 use super::query::{self, QueryError};
@@ -14,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 /// The parameters `GET /v1/check` takes.
-pub const PARAMS: &str = "emulator|arch|machine|cpu|device|accel|cpus";
+pub const PARAMS: &str = "emulator|arch|machine|cpu|device|accel|cpus|verify";
 
 /// The most `device` parameters one check takes.
 pub const MAX_DEVICES: usize = 64;
@@ -36,6 +38,8 @@ pub enum Target {
 pub struct CheckQuery {
     pub target: Target,
     pub request: CheckRequest,
+    /// QEMU confirms the verdict.
+    pub verify: bool,
 }
 
 /// Parses a check's query string; every refusal says which parameter.
@@ -99,8 +103,10 @@ pub fn parse(raw: Option<&str>) -> Result<CheckQuery, QueryError> {
     };
     Ok(CheckQuery {
         target,
+        verify: query::flag(pairs, "verify")?,
         request: CheckRequest {
             cpu_flags: Vec::new(),
+            cpu_lenient: false,
             machine: name("machine")?,
             cpu: name("cpu")?,
             devices,
@@ -294,6 +300,17 @@ pub async fn handler(State(ctx): State<Ctx>, RawQuery(q): RawQuery) -> Response 
                 .map(|e| e.unwrap_or_else(|| "unknown error".to_owned()));
             let mut verdict = check::check(&a.data.caps, &parsed.request, why.as_deref());
             verdict.picked = picked.note;
+            if parsed.verify {
+                let x86 = matches!(a.data.caps.arch.as_deref(), Some("x86_64" | "i386"));
+                let args = check::verify_args(&verdict, &parsed.request, None, x86);
+                match ctx.agent.cache.handler().verify(name, &a.data, args).await {
+                    Ok((c, source)) => {
+                        ctx.agent.metrics.record_verification(name, &c, source);
+                        check::confirm(&mut verdict, &c);
+                    }
+                    Err(e) => verdict.warnings.push(format!("not verified: {e}")),
+                }
+            }
             json_value(StatusCode::OK, &verdict)
         }
         Err(r) => r,
@@ -315,6 +332,7 @@ mod tests {
             q.request,
             CheckRequest {
                 cpu_flags: Vec::new(),
+                cpu_lenient: false,
                 machine: Some("q35".into()),
                 cpu: Some("Haswell".into()),
                 devices: vec!["virtio-blk-pci".into(), "qxl".into()],
@@ -322,6 +340,8 @@ mod tests {
                 cpus: Some(4),
             }
         );
+        assert!(!q.verify);
+        assert!(parse(Some("verify=true")).unwrap().verify);
         assert_eq!(parse(None).unwrap().target, Target::Only);
     }
 
@@ -413,6 +433,7 @@ mod tests {
         says("cpus=0", "cpus");
         says("cpus=-1", "cpus");
         says("cpus=four", "cpus");
+        says("verify=yes", "not true or false");
         says("cpu=", "empty");
         says("cpu=%01x", "control");
         says("cpu=%FF", "UTF-8");

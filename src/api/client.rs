@@ -5,10 +5,9 @@
 
 use crate::api::bodies::ErrorBody;
 use crate::config::Config;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,18 +81,7 @@ pub enum QueryError {
     Bad(String),
 }
 
-/// `s` as one URL path segment or query value.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
+pub use crate::api::routes::percent_encode;
 
 /// An answer as the client got it.
 #[derive(Debug)]
@@ -110,12 +98,36 @@ pub async fn get(target: &Target, path: &str) -> Result<Bytes, QueryError> {
         .map(|f| f.body)
 }
 
+/// POSTs `body` (JSON) to `path` within `timeout`; returns the body of a
+/// 2xx answer.
+pub async fn post(
+    target: &Target,
+    path: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Bytes, QueryError> {
+    request(target, path, None, Some(body.into()), timeout)
+        .await
+        .map(|f| f.body)
+}
+
 /// GETs `path`, with `If-None-Match: if_none_match` when given, within
 /// `timeout`. A 2xx or 304 answer is returned; others are errors.
 pub async fn fetch(
     target: &Target,
     path: &str,
     if_none_match: Option<&str>,
+    timeout: Duration,
+) -> Result<Fetched, QueryError> {
+    request(target, path, if_none_match, None, timeout).await
+}
+
+/// One request: a GET, or a POST of `body`.
+async fn request(
+    target: &Target,
+    path: &str,
+    if_none_match: Option<&str>,
+    body: Option<Bytes>,
     timeout: Duration,
 ) -> Result<Fetched, QueryError> {
     let unreachable = |reason: String| QueryError::Unreachable {
@@ -144,7 +156,13 @@ pub async fn fetch(
             }
         };
         let mut send = send;
-        let mut req = hyper::Request::get(path)
+        let method = match body {
+            Some(_) => hyper::Method::POST,
+            None => hyper::Method::GET,
+        };
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, host)
             .header(
                 hyper::header::USER_AGENT,
@@ -153,8 +171,11 @@ pub async fn fetch(
         if let Some(tag) = if_none_match {
             req = req.header(hyper::header::IF_NONE_MATCH, tag);
         }
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
         let req = req
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body.clone().unwrap_or_default()))
             .map_err(|e| QueryError::Bad(e.to_string()))?;
         let resp = send
             .send_request(req)
@@ -200,7 +221,7 @@ pub async fn fetch(
 
 async fn handshake<S>(
     stream: S,
-) -> hyper::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>
+) -> hyper::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -219,7 +240,8 @@ pub async fn follow<E: From<QueryError>>(
     path: &str,
     mut show: impl FnMut(&Bytes) -> Result<(), E>,
 ) -> Result<(), E> {
-    const WAIT: Duration = Duration::from_secs(300);
+    // As long as the agent holds one by default.
+    const WAIT: Duration = crate::config::defaults::MAX_WAIT;
     let path = format!("{path}?wait={}s", WAIT.as_secs());
     let mut etag: Option<String> = None;
     loop {

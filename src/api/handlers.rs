@@ -15,28 +15,41 @@ use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::{MethodFilter, MethodRouter, on};
 
+/// `GET /`: every route of the table with its summary, rendered once;
+/// routes without parameters are links.
 pub(super) async fn index() -> Response {
-    const PAGE: &str = concat!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>qcapsd</title></head><body>",
-        "<h1>qcapsd ",
-        env!("CARGO_PKG_VERSION"),
-        "</h1><p>QEMU capabilities, probed once and served from cache.</p><ul>",
-        "<li><a href=\"/v1/emulators\">/v1/emulators</a>: every emulator and its state</li>",
-        "<li>/v1/emulators/{name}: the capabilities document; ",
-        "/machines, /cpu-models, /devices, /devices/{device}, /commands: its parts</li>",
-        "<li><a href=\"/v1/changes\">/v1/changes</a>: what re-probes found changed; ",
-        "/v1/emulators/{name}/changes: one emulator's</li>",
-        "<li>/v1/check?emulator=NAME&amp;machine=M&amp;cpu=C&amp;device=D&amp;accel=kvm&amp;cpus=N: ",
-        "can this host run such a VM?</li>",
-        "<li><a href=\"/v1/host\">/v1/host</a>: kernel, CPU, KVM</li>",
-        "<li><a href=\"/v1/openapi.json\">/v1/openapi.json</a>: this API in OpenAPI 3.1</li>",
-        "<li><a href=\"/healthz\">/healthz</a>, <a href=\"/readyz\">/readyz</a></li>",
-        "<li><a href=\"/metrics\">/metrics</a>: Prometheus metrics</li>",
-        "</ul></body></html>"
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response()
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let page = PAGE.get_or_init(|| {
+        let escape = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let mut page = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>qcapsd</title></head><body><h1>qcapsd {}</h1><p>QEMU capabilities, probed once and served from cache.</p><ul>",
+            env!("CARGO_PKG_VERSION")
+        );
+        for r in super::routes::ROUTES.iter().filter(|r| r.path != "/") {
+            let path = escape(r.path);
+            let shown = if r.path.contains('{') || r.method != super::routes::Method::Get {
+                format!("{} {path}", r.method.as_str().to_uppercase())
+            } else {
+                format!("<a href=\"{path}\">{path}</a>")
+            };
+            page += &format!(
+                "<li>{shown}: {}</li>",
+                escape(super::openapi::summary(r.id))
+            );
+        }
+        page + "</ul></body></html>"
+    });
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page.as_str(),
+    )
+        .into_response()
 }
 
 pub(super) fn rows_part(ctx: &Ctx) -> Option<Part> {
@@ -118,8 +131,9 @@ pub(super) async fn serve_part(
 }
 
 /// The GET route of one part every entry has.
-pub(super) fn part_route(pick: fn(&Rendered) -> &Part) -> MethodRouter<Ctx> {
-    get(
+pub(super) fn part_route(m: MethodFilter, pick: fn(&Rendered) -> &Part) -> MethodRouter<Ctx> {
+    on(
+        m,
         move |State(ctx): State<Ctx>, e: EmulatorPath, req: Request| async move {
             let (parts, _) = req.into_parts();
             serve_part(
@@ -135,8 +149,9 @@ pub(super) fn part_route(pick: fn(&Rendered) -> &Part) -> MethodRouter<Ctx> {
 }
 
 /// `GET /v1/emulators/{name}/devices/{device}`.
-pub(super) fn device_route() -> MethodRouter<Ctx> {
-    get(
+pub(super) fn device_route(m: MethodFilter) -> MethodRouter<Ctx> {
+    on(
+        m,
         |State(ctx): State<Ctx>, e: EmulatorPath, req: Request| async move {
             let (parts, _) = req.into_parts();
             let dev = e.device.unwrap_or_default();

@@ -14,6 +14,9 @@
 //! - `GET /v1/check?emulator=|arch=&machine=&cpu=&device=…&accel=&cpus=` —
 //!   can this host run such a VM? a verdict with problems and warnings
 //!   ([`check`], [`crate::verdicts::check`])
+//! - `GET /v1/vms[?verify=true]` — the running VMs, each with its verdict on
+//!   a restart here; `POST /v1/vms/against` — the same against another
+//!   host's document (the body) ([`vms`], [`crate::agent::vms`])
 //! - `GET /v1/host` — the host facts the fingerprint uses, and the machine
 //! - `GET /v1/openapi.json` — the OpenAPI 3.1 description of all of this
 //!   ([`crate::api::openapi`])
@@ -40,13 +43,16 @@ mod longpoll;
 pub mod openapi;
 pub mod query;
 mod respond;
+pub mod routes;
 pub mod serve;
+pub mod vms;
 
 use crate::agent::Agent;
 use axum::Router;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use handlers::*;
+use routes::{Id, Method, On, Route};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +83,8 @@ pub struct CtxInner {
     /// Request bodies: at most this many bytes, arriving within
     /// `body_timeout`.
     pub max_body_bytes: usize,
+    /// A document in a request body (`POST /v1/vms/against`): at most this.
+    pub max_document_bytes: usize,
     pub body_timeout: Duration,
     /// The longest a long-poll is held.
     pub max_wait: Duration,
@@ -93,6 +101,7 @@ impl Ctx {
             request_timeout: *cfg.http.request_timeout,
             forced_probe_interval: *cfg.forced_probe_interval,
             max_body_bytes: cfg.http.max_body_bytes.get() as usize,
+            max_document_bytes: cfg.http.max_document_bytes.get() as usize,
             body_timeout: *cfg.http.header_read_timeout,
             max_wait: cfg.http.max_wait.0,
             shutdown,
@@ -102,58 +111,64 @@ impl Ctx {
     }
 }
 
-/// Every route template the routers serve (the OpenAPI description lists
-/// exactly those; a test holds the two together).
+/// Every route template of the query API (for the request metrics).
 fn route_templates() -> Vec<&'static str> {
-    crate::api::openapi::operations()
-        .into_iter()
-        .map(|(_, path)| path)
-        .collect()
+    routes::ROUTES.iter().map(|r| r.path).collect()
+}
+
+/// The handler of route `r`, under the table's method.
+fn handler(r: &Route) -> MethodRouter<Ctx> {
+    let m = match r.method {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+    };
+    match r.id {
+        Id::Index => on(m, index),
+        Id::Emulators => on(m, list),
+        Id::Emulator => part_route(m, |r| &r.full),
+        Id::Machines => part_route(m, |r| &r.machines),
+        Id::CpuModels => part_route(m, |r| &r.cpu_models),
+        Id::Devices => part_route(m, |r| &r.devices),
+        Id::Device => device_route(m),
+        Id::Commands => part_route(m, |r| &r.commands),
+        Id::Revalidate => on(m, revalidate),
+        Id::Changes => on(m, emulator_changes),
+        Id::Help => on(m, help::handler),
+        Id::AllChanges => on(m, all_changes),
+        Id::Check => on(m, check::handler),
+        Id::Vms => on(m, vms::list),
+        Id::VmsAgainst => on(m, vms::against),
+        Id::Host => on(m, host),
+        Id::OpenApi => on(m, openapi),
+        Id::Healthz => on(m, healthz),
+        Id::Readyz => on(m, readyz),
+        Id::Metrics => on(m, metrics),
+    }
+}
+
+/// The router of `listener`: the routes the table puts on it.
+fn router_of(listener: On, ctx: Ctx) -> Router {
+    let routes = routes::ROUTES
+        .iter()
+        .filter(|r| r.on.contains(&listener))
+        .fold(Router::new(), |router, r| router.route(r.path, handler(r)));
+    finish(routes, ctx)
 }
 
 /// The full query API.
 pub fn router(ctx: Ctx) -> Router {
-    let routes = Router::new()
-        .route("/", get(index))
-        .route("/v1/emulators", get(list))
-        .route("/v1/emulators/{name}", part_route(|r| &r.full))
-        .route("/v1/emulators/{name}/machines", part_route(|r| &r.machines))
-        .route(
-            "/v1/emulators/{name}/cpu-models",
-            part_route(|r| &r.cpu_models),
-        )
-        .route("/v1/emulators/{name}/devices", part_route(|r| &r.devices))
-        .route("/v1/emulators/{name}/devices/{device}", device_route())
-        .route("/v1/emulators/{name}/commands", part_route(|r| &r.commands))
-        .route("/v1/emulators/{name}/revalidate", post(revalidate))
-        .route("/v1/emulators/{name}/changes", get(emulator_changes))
-        .route("/v1/emulators/{name}/help", get(help::handler))
-        .route("/v1/changes", get(all_changes))
-        .route("/v1/check", get(check::handler))
-        .route("/v1/host", get(host))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
-    finish(routes, ctx)
+    router_of(On::Query, ctx)
 }
 
 /// Only the shims' route and `/healthz`, for the socket in the shim
 /// directory (which any caller of a shim may reach).
 pub fn shim_router(ctx: Ctx) -> Router {
-    let routes = Router::new()
-        .route("/v1/emulators/{name}/help", get(help::handler))
-        .route("/healthz", get(healthz));
-    finish(routes, ctx)
+    router_of(On::Shims, ctx)
 }
 
 /// Only `/metrics` and the health checks, for `metrics_listen`.
 pub fn metrics_router(ctx: Ctx) -> Router {
-    let routes = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
-    finish(routes, ctx)
+    router_of(On::Metrics, ctx)
 }
 
 /// What every router shares: JSON 404 and 405, the body limit, request

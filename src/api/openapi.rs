@@ -10,9 +10,11 @@
 
 use crate::agent::render::{CacheMeta, DeviceDoc};
 use crate::api::bodies::{EmulatorRow, ErrorBody, Health, HelpAnswer, HostDoc, Revalidating};
+use crate::api::routes::{Id, ROUTES, Route};
 use crate::qemu::caps::{Capabilities, CpuModel, Machine};
 use crate::verdicts::changes::Change;
 use crate::verdicts::check::Verdict;
+use crate::verdicts::vms::VmList;
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -38,11 +40,10 @@ pub fn document_schema() -> Value {
         .to_value()
 }
 
-/// Every route: path, method, summary, parameters, and per status the
-/// body type (by schema name) or a media type.
-struct Route {
-    path: &'static str,
-    method: &'static str,
+/// What a route of the table ([`crate::api::routes`]) is: summary,
+/// parameters, the request body's schema (if it takes one), and per
+/// status the body type or a media type.
+struct Described {
     summary: &'static str,
     params: &'static [Param],
     responses: Vec<(u16, Body)>,
@@ -69,6 +70,9 @@ fn string() -> Value {
 }
 fn accel() -> Value {
     json!({"type": "string", "enum": ["kvm", "tcg"]})
+}
+fn boolean() -> Value {
+    json!({"type": "string", "enum": ["true", "false"]})
 }
 fn positive() -> Value {
     json!({"type": "integer", "minimum": 1})
@@ -153,6 +157,29 @@ const CHECK_PARAMS: &[Param] = &[
         "The accelerator; default: what the probe ran under.",
     ),
     query("cpus", positive, false, "Number of vCPUs."),
+    VERIFY,
+];
+
+const VERIFY: Param = query(
+    "verify",
+    boolean,
+    false,
+    "true: QEMU itself confirms each verdict, started once (stopped, no disk, no network) per emulator fingerprint and VM; memoized.",
+);
+const VMS_PARAMS: &[Param] = &[VERIFY];
+const AGAINST_PARAMS: &[Param] = &[
+    query(
+        "label",
+        string,
+        false,
+        "Where the document came from, as the answer names it.",
+    ),
+    query(
+        "verify",
+        boolean,
+        false,
+        "Refused (400): a document of another host cannot be verified here.",
+    ),
 ];
 
 const HELP_PARAMS: &[Param] = &[
@@ -173,14 +200,12 @@ const HELP_PARAMS: &[Param] = &[
     ),
 ];
 
-fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
+fn describe(id: Id, g: &mut SchemaGenerator) -> Described {
     let schema = Body::Json;
     let error = g.subschema_for::<ErrorBody>().to_value();
     let err = || Body::Json(error.clone());
     let not_modified = || Body::Empty("The client's copy (If-None-Match) is current.");
-    let doc_route = |path, summary, body: Value| Route {
-        path,
-        method: "get",
+    let doc = |summary, body: Value| Described {
         summary,
         params: &[NAME, WAIT],
         responses: vec![
@@ -191,17 +216,13 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
             (503, err()),
         ],
     };
-    vec![
-        Route {
-            path: "/",
-            method: "get",
+    match id {
+        Id::Index => Described {
             summary: "A small HTML page linking the rest.",
             params: &[],
             responses: vec![(200, Body::Media("text/html", "The index page."))],
         },
-        Route {
-            path: "/v1/emulators",
-            method: "get",
+        Id::Emulators => Described {
             summary: "Every configured emulator and its state.",
             params: &[WAIT],
             responses: vec![
@@ -213,29 +234,23 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                 (400, err()),
             ],
         },
-        doc_route(
-            "/v1/emulators/{name}",
+        Id::Emulator => doc(
             "The capabilities document, with cache metadata.",
             g.subschema_for::<ServedDocument>().to_value(),
         ),
-        doc_route(
-            "/v1/emulators/{name}/machines",
+        Id::Machines => doc(
             "Machine types.",
             g.subschema_for::<Vec<Machine>>().to_value(),
         ),
-        doc_route(
-            "/v1/emulators/{name}/cpu-models",
+        Id::CpuModels => doc(
             "CPU models with their usability under the probe's accelerator.",
             g.subschema_for::<Vec<CpuModel>>().to_value(),
         ),
-        doc_route(
-            "/v1/emulators/{name}/devices",
+        Id::Devices => doc(
             "The devices -device accepts.",
             g.subschema_for::<Vec<String>>().to_value(),
         ),
-        Route {
-            path: "/v1/emulators/{name}/devices/{device}",
-            method: "get",
+        Id::Device => Described {
             summary: "One device and its properties (where they were read).",
             params: &[
                 NAME,
@@ -257,14 +272,11 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                 (503, err()),
             ],
         },
-        doc_route(
-            "/v1/emulators/{name}/commands",
+        Id::Commands => doc(
             "The QMP commands QEMU accepts.",
             g.subschema_for::<Vec<String>>().to_value(),
         ),
-        Route {
-            path: "/v1/emulators/{name}/revalidate",
-            method: "post",
+        Id::Revalidate => Described {
             summary: "Forces one re-probe; at most one per forced_probe_interval.",
             params: &[NAME],
             responses: vec![
@@ -276,9 +288,7 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                 (503, err()),
             ],
         },
-        Route {
-            path: "/v1/emulators/{name}/changes",
-            method: "get",
+        Id::Changes => Described {
             summary: "What re-probes of this emulator found changed, newest first.",
             params: &[NAME],
             responses: vec![
@@ -287,9 +297,7 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                 (404, err()),
             ],
         },
-        Route {
-            path: "/v1/changes",
-            method: "get",
+        Id::AllChanges => Described {
             summary: "Every emulator's changes, newest first.",
             params: SINCE,
             responses: vec![
@@ -297,9 +305,7 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                 (400, err()),
             ],
         },
-        Route {
-            path: "/v1/check",
-            method: "get",
+        Id::Check => Described {
             summary: "Can this host run such a VM? A verdict with its problems and warnings; never an exec.",
             params: CHECK_PARAMS,
             responses: vec![
@@ -309,9 +315,7 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                 (503, err()),
             ],
         },
-        Route {
-            path: "/v1/emulators/{name}/help",
-            method: "get",
+        Id::Help => Described {
             summary: "QEMU's own answer to a pure query (a help or version request): stdout and stderr byte for byte, and the exit status, recorded once per argument list under the emulator's current fingerprint. What the shims ask.",
             params: HELP_PARAMS,
             responses: vec![
@@ -323,30 +327,41 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                 (507, err()),
             ],
         },
-        Route {
-            path: "/v1/host",
-            method: "get",
+        Id::Vms => Described {
+            summary: "The running VMs (QEMU processes of the configured emulators), each with its verdict on a restart with the binary installed now: ok, would_fail, binary_replaced or unknown. verify=true: QEMU confirms each verdict once (memoized).",
+            params: VMS_PARAMS,
+            responses: vec![
+                (200, schema(g.subschema_for::<VmList>().to_value())),
+                (304, not_modified()),
+                (400, err()),
+            ],
+        },
+        Id::VmsAgainst => Described {
+            summary: "The running VMs judged against another host's or QEMU's capabilities document, the request body (as qcapsd probe prints it, or /v1/emulators/{name} serves it): would they start there? Never an exec.",
+            params: AGAINST_PARAMS,
+            responses: vec![
+                (200, schema(g.subschema_for::<VmList>().to_value())),
+                (304, not_modified()),
+                (400, err()),
+                (413, err()),
+            ],
+        },
+        Id::Host => Described {
             summary: "The host facts the fingerprint uses, and the machine.",
             params: &[],
             responses: vec![(200, schema(g.subschema_for::<HostDoc>().to_value()))],
         },
-        Route {
-            path: "/v1/openapi.json",
-            method: "get",
+        Id::OpenApi => Described {
             summary: "This description.",
             params: &[],
             responses: vec![(200, schema(json!({"type": "object"})))],
         },
-        Route {
-            path: "/healthz",
-            method: "get",
+        Id::Healthz => Described {
             summary: "Liveness.",
             params: &[],
             responses: vec![(200, schema(g.subschema_for::<Health>().to_value()))],
         },
-        Route {
-            path: "/readyz",
-            method: "get",
+        Id::Readyz => Described {
             summary: "Readiness: every emulator has an answer.",
             params: &[],
             responses: vec![
@@ -354,9 +369,7 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                 (503, err()),
             ],
         },
-        Route {
-            path: "/metrics",
-            method: "get",
+        Id::Metrics => Described {
             summary: "Prometheus metrics.",
             params: &[],
             responses: vec![(
@@ -367,7 +380,7 @@ fn routes(g: &mut SchemaGenerator) -> Vec<Route> {
                 ),
             )],
         },
-    ]
+    }
 }
 
 fn reason(status: u16) -> &'static str {
@@ -388,7 +401,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn operation(r: &Route, error: &Value) -> Value {
+fn operation(route: &Route, r: &Described, error: &Value) -> Value {
     let params: Vec<Value> = r
         .params
         .iter()
@@ -442,11 +455,18 @@ fn operation(r: &Route, error: &Value) -> Value {
     );
     let mut op = json!({
         "summary": r.summary,
-        "operationId": operation_id(r),
+        "operationId": operation_id(route),
         "responses": responses,
     });
     if !params.is_empty() {
         op["parameters"] = Value::Array(params);
+    }
+    if route.id == Id::VmsAgainst {
+        op["requestBody"] = json!({
+            "required": true,
+            "description": "A capabilities document (schema_version 2 or 3).",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Capabilities"}}},
+        });
     }
     op
 }
@@ -459,11 +479,17 @@ fn operation_id(r: &Route) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     let path = path.trim_matches('_').replace("__", "_");
+    let method = r.method.as_str();
     if path.is_empty() {
-        format!("{}_index", r.method)
+        format!("{method}_index")
     } else {
-        format!("{}_{path}", r.method)
+        format!("{method}_{path}")
     }
+}
+
+/// A route's one-line summary (the index page lists them).
+pub fn summary(id: Id) -> &'static str {
+    describe(id, &mut SchemaSettings::draft2020_12().into_generator()).summary
 }
 
 /// The OpenAPI 3.1 document.
@@ -473,14 +499,15 @@ pub fn document() -> Value {
         s.meta_schema = None;
     });
     let mut g = settings.into_generator();
-    let routes = routes(&mut g);
+    let described: Vec<Described> = ROUTES.iter().map(|r| describe(r.id, &mut g)).collect();
     let error = g.subschema_for::<ErrorBody>().to_value();
-    // What `qcapsd probe` prints (and `compare` reads), for clients.
+    // What `qcapsd probe` prints (and `compare` and `/v1/vms/against`
+    // read), for clients.
     g.subschema_for::<Capabilities>();
     let mut paths = serde_json::Map::new();
-    for r in &routes {
+    for (r, d) in ROUTES.iter().zip(&described) {
         let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
-        entry[r.method] = operation(r, &error);
+        entry[r.method.as_str()] = operation(r, d, &error);
     }
     json!({
         "openapi": "3.1.0",
@@ -494,13 +521,6 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {"schemas": g.take_definitions(true)},
     })
-}
-
-/// Every `(method, path)` the description covers, for the test that holds
-/// it to the router.
-pub fn operations() -> Vec<(&'static str, &'static str)> {
-    let mut g = SchemaSettings::draft2020_12().into_generator();
-    routes(&mut g).iter().map(|r| (r.method, r.path)).collect()
 }
 
 #[cfg(test)]
@@ -533,33 +553,6 @@ mod tests {
         assert_eq!(s["title"], "Capabilities");
         assert!(s["$defs"]["Machine"].is_object());
         assert!(!s.to_string().contains("components"));
-    }
-
-    /// The description covers exactly the routes the router has.
-    #[test]
-    fn every_route_of_the_router_is_described() {
-        let source = include_str!("mod.rs");
-        let router = &source[source.find("pub fn router(").unwrap()..];
-        let router = &router[..router.find("finish(routes, ctx)").unwrap()];
-        let mut routed: Vec<(String, String)> = Vec::new();
-        for part in router.split(".route(").skip(1) {
-            let path = part.split('"').nth(1).unwrap().to_owned();
-            for method in ["get", "post"] {
-                // `part_route(…)`, `device_route()`: GET routes.
-                if part.contains(&format!("{method}("))
-                    || (method == "get" && part.contains("_route("))
-                {
-                    routed.push((method.to_owned(), path.clone()));
-                }
-            }
-        }
-        let mut described: Vec<(String, String)> = operations()
-            .into_iter()
-            .map(|(m, p)| (m.to_owned(), p.to_owned()))
-            .collect();
-        routed.sort();
-        described.sort();
-        assert_eq!(routed, described);
     }
 
     #[test]

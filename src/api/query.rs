@@ -93,6 +93,24 @@ pub fn value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// A yes/no parameter: `true` or `false` (absent: `false`).
+pub fn flag(pairs: &[(String, String)], key: &'static str) -> Result<bool, QueryError> {
+    match value(pairs, key) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(QueryError::BadValue(
+            key,
+            format!(
+                "'{}' is not true or false",
+                v.chars()
+                    .filter(|c| !c.is_control())
+                    .take(40)
+                    .collect::<String>()
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,13 @@ pub(super) async fn observe(State(ctx): State<Ctx>, req: Request, next: Next) ->
     let resp = if http_body::Body::is_end_stream(req.body()) {
         next.run(req).await
     } else {
-        limit_body(&ctx, req, next).await
+        // The one route whose body is a document gets a document's room.
+        let against = super::routes::Id::VmsAgainst.template();
+        let max = match matched.as_ref().map(MatchedPath::as_str) {
+            Some(p) if p == against => ctx.max_document_bytes,
+            _ => ctx.max_body_bytes,
+        };
+        limit_body(&ctx, max, req, next).await
     };
     ctx.http.observe(
         matched.as_ref().map(MatchedPath::as_str),
@@ -38,12 +44,11 @@ pub(super) async fn observe(State(ctx): State<Ctx>, req: Request, next: Next) ->
     resp
 }
 
-/// Reads a request body before any handler: at most `max_body_bytes`
-/// whether sent with a length or chunked (413), and within `body_timeout`
-/// (408). No route takes a body, but reading it here means the limit holds
-/// for every request.
-async fn limit_body(ctx: &Ctx, req: Request, next: Next) -> Response {
-    let max = ctx.max_body_bytes;
+/// Reads a request body before any handler: at most `max` bytes whether
+/// sent with a length or chunked (413), and within `body_timeout` (408).
+/// Reading it here means the limit holds for every request, whether its
+/// route takes a body or not.
+async fn limit_body(ctx: &Ctx, max: usize, req: Request, next: Next) -> Response {
     let too_large = || {
         closing(json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -137,6 +142,14 @@ pub(super) fn part_response(
     headers: &HeaderMap,
     answer_kind: &'static str,
 ) -> Response {
+    let mut resp = etagged(part, headers);
+    resp.headers_mut()
+        .insert("qcapsd-cache", HeaderValue::from_static(answer_kind));
+    resp
+}
+
+/// `part` with its ETag: 304 when the client has it, else the bytes.
+pub(super) fn etagged(part: &Part, headers: &HeaderMap) -> Response {
     let etag = part.etag.clone();
     let mut resp = if etag_matches(headers, part.etag_str()) {
         StatusCode::NOT_MODIFIED.into_response()
@@ -151,7 +164,6 @@ pub(super) fn part_response(
     let h = resp.headers_mut();
     h.insert(header::ETAG, etag);
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("qcapsd-cache", HeaderValue::from_static(answer_kind));
     resp
 }
 

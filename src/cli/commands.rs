@@ -9,6 +9,7 @@ use crate::config::{Config, defaults, discovery};
 use crate::qemu::{self, Accel, ExecCounter};
 use crate::verdicts::check::{self, CheckRequest, Verdict};
 use crate::verdicts::compare::{self, DocumentError, Input};
+use crate::verdicts::vms::{VmList, VmVerdict};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -99,10 +100,19 @@ pub async fn check(
     emulator: Option<String>,
     arch: Option<String>,
     req: CheckRequest,
+    verify: bool,
     json: bool,
 ) -> ExitCode {
-    let path = tables::check_path(emulator.as_deref(), arch.as_deref(), &req);
-    let body = match client::get(&target, &path).await {
+    let path = tables::check_path(emulator.as_deref(), arch.as_deref(), &req, verify);
+    let timeout = if verify {
+        VERIFY_TIMEOUT
+    } else {
+        client::QUERY_TIMEOUT
+    };
+    let body = match client::fetch(&target, &path, None, timeout)
+        .await
+        .map(|f| f.body)
+    {
         Ok(b) => b,
         Err(e) => {
             let code = query_exit(&e);
@@ -124,6 +134,72 @@ pub async fn check(
         print_bytes(check::render(&verdict).as_bytes())
     };
     if printed != ExitCode::SUCCESS || verdict.ok {
+        printed
+    } else {
+        Exit::Failure.into()
+    }
+}
+
+/// How long a question that has QEMU confirm verdicts may take (each
+/// VM configuration not yet verified starts QEMU once or more).
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `qcapsd vms`: 0 every VM would start again, 1 one would not or cannot
+/// be judged, 64 a bad question, 69 no agent answers.
+pub async fn vms(target: Target, against: Option<String>, verify: bool, json: bool) -> ExitCode {
+    let answer = match &against {
+        None => {
+            let timeout = if verify {
+                VERIFY_TIMEOUT
+            } else {
+                client::QUERY_TIMEOUT
+            };
+            client::fetch(&target, &tables::vms_path(None, verify), None, timeout)
+                .await
+                .map(|f| f.body)
+        }
+        Some(input) => {
+            let doc = match load(input).await {
+                Ok(i) => i,
+                Err(e) => {
+                    let code = e.exit();
+                    return fail(e, code);
+                }
+            };
+            let body = match serde_json::to_vec(&doc.caps) {
+                Ok(b) => b,
+                Err(e) => return fail(format_args!("{input}: {e}"), Exit::Failure),
+            };
+            let path = tables::vms_path(Some(&doc.label), false);
+            client::post(&target, &path, body, client::QUERY_TIMEOUT).await
+        }
+    };
+    let body = match answer {
+        Ok(b) => b,
+        Err(e) => {
+            let code = query_exit(&e);
+            return fail(e, code);
+        }
+    };
+    let list: VmList = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return fail(
+                format_args!("bad answer from the agent: {e}"),
+                Exit::Failure,
+            );
+        }
+    };
+    let printed = if json {
+        print_bytes(&body)
+    } else {
+        print_bytes(tables::vms_table(&list).as_bytes())
+    };
+    let all_start = list
+        .vms
+        .iter()
+        .all(|v| matches!(v.verdict, VmVerdict::Ok | VmVerdict::BinaryReplaced));
+    if printed != ExitCode::SUCCESS || all_start {
         printed
     } else {
         Exit::Failure.into()

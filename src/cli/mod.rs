@@ -94,7 +94,35 @@ pub enum Command {
         arch: Option<String>,
         #[command(flatten)]
         vm: VmArgs,
+        /// Have QEMU confirm the verdict: the agent starts the emulator
+        /// once with this VM (stopped, no disk, no network) and keeps the
+        /// answer for as long as the binary and host stay the same.
+        #[arg(long)]
+        verify: bool,
         /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running VMs (QEMU processes of the agent's emulators) and
+    /// whether each would start again: on the binary installed now, or on
+    /// another host or QEMU (--against). Exits 0 if every VM would, 1 if
+    /// one would not or cannot be judged, 69 if no agent answers.
+    Vms {
+        /// Agent address (default http://127.0.0.1:9733, or $QCAPSD_ADDR).
+        #[arg(long, conflicts_with = "socket")]
+        addr: Option<String>,
+        /// The agent's unix socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Judge the VMs against this capabilities document instead (a
+        /// file from `qcapsd probe`, `-` for stdin, or an agent URL
+        /// http://HOST:PORT/v1/emulators/NAME): would they start there?
+        #[arg(long, value_name = "INPUT", conflicts_with = "verify")]
+        against: Option<String>,
+        /// Have QEMU confirm each verdict (once per VM configuration).
+        #[arg(long)]
+        verify: bool,
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -165,6 +193,7 @@ impl VmArgs {
     pub fn request(self) -> crate::verdicts::check::CheckRequest {
         crate::verdicts::check::CheckRequest {
             cpu_flags: Vec::new(),
+            cpu_lenient: false,
             machine: self.machine,
             cpu: self.cpu,
             devices: self.devices,

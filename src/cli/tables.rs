@@ -4,9 +4,11 @@
 use crate::agent::render::DeviceDoc;
 use crate::api::bodies::EmulatorRow;
 use crate::api::client::{QueryError, percent_encode};
+use crate::api::routes::Id;
 use crate::qemu::caps::{CpuModel, Emulator, Machine, ProbeInfo, QemuVersion};
 use crate::verdicts::changes::Change;
 use crate::verdicts::check::CheckRequest;
+use crate::verdicts::vms::VmList;
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -41,22 +43,27 @@ impl What {
     }
 
     pub fn path(&self) -> String {
-        let e = |s: &str| percent_encode(s);
         match self {
-            What::Emulators => "/v1/emulators".to_owned(),
-            What::Document(n) => format!("/v1/emulators/{}", e(n)),
-            What::Machines(n) => format!("/v1/emulators/{}/machines", e(n)),
-            What::CpuModels(n) => format!("/v1/emulators/{}/cpu-models", e(n)),
-            What::Devices(n) => format!("/v1/emulators/{}/devices", e(n)),
-            What::Device(n, d) => format!("/v1/emulators/{}/devices/{}", e(n), e(d)),
-            What::Commands(n) => format!("/v1/emulators/{}/commands", e(n)),
-            What::Changes(n) => format!("/v1/emulators/{}/changes", e(n)),
+            What::Emulators => Id::Emulators.path(&[]),
+            What::Document(n) => Id::Emulator.path(&[n]),
+            What::Machines(n) => Id::Machines.path(&[n]),
+            What::CpuModels(n) => Id::CpuModels.path(&[n]),
+            What::Devices(n) => Id::Devices.path(&[n]),
+            What::Device(n, d) => Id::Device.path(&[n, d]),
+            What::Commands(n) => Id::Commands.path(&[n]),
+            What::Changes(n) => Id::Changes.path(&[n]),
         }
     }
 }
 
-/// The path of `GET /v1/check` for a question.
-pub fn check_path(emulator: Option<&str>, arch: Option<&str>, req: &CheckRequest) -> String {
+/// The path of `GET /v1/check` for a question (`verify`: QEMU confirms
+/// the verdict).
+pub fn check_path(
+    emulator: Option<&str>,
+    arch: Option<&str>,
+    req: &CheckRequest,
+    verify: bool,
+) -> String {
     let mut pairs: Vec<(&str, String)> = Vec::new();
     let mut add = |k, v: Option<&str>| {
         if let Some(v) = v {
@@ -73,12 +80,36 @@ pub fn check_path(emulator: Option<&str>, arch: Option<&str>, req: &CheckRequest
     add("accel", req.accel.map(|a| a.as_str()));
     let cpus = req.cpus.map(|n| n.to_string());
     add("cpus", cpus.as_deref());
+    add("verify", verify.then_some("true"));
+    with_query(Id::Check.path(&[]), &pairs)
+}
+
+/// `path?k=v&…` (values already encoded), or `path` alone.
+fn with_query(path: String, pairs: &[(&str, String)]) -> String {
     let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if query.is_empty() {
-        "/v1/check".to_owned()
+        path
     } else {
-        format!("/v1/check?{}", query.join("&"))
+        format!("{path}?{}", query.join("&"))
     }
+}
+
+/// The path of `qcapsd vms`'s question: this host (`GET /v1/vms`) or
+/// another host's document, named `label` (`POST /v1/vms/against`).
+pub fn vms_path(against: Option<&str>, verify: bool) -> String {
+    let mut pairs = Vec::new();
+    if let Some(label) = against {
+        pairs.push(("label", percent_encode(label)));
+    }
+    if verify {
+        pairs.push(("verify", "true".to_owned()));
+    }
+    let id = if against.is_some() {
+        Id::VmsAgainst
+    } else {
+        Id::Vms
+    };
+    with_query(id.path(&[]), &pairs)
 }
 
 /// The fields of the full document a summary shows (the document as
@@ -226,6 +257,74 @@ pub fn emulators_table(rows: &[EmulatorRow]) -> String {
             })
             .collect(),
     )
+}
+
+/// `qcapsd vms`: a line per VM, then what was left out.
+pub fn vms_table(list: &VmList) -> String {
+    let mut out = String::new();
+    if let Some(a) = &list.against {
+        let _ = writeln!(
+            out,
+            "against {} ({} {}, {})",
+            a.label,
+            a.emulator,
+            a.qemu_version.as_deref().unwrap_or("?"),
+            a.arch.as_deref().unwrap_or("?")
+        );
+    }
+    if list.vms.is_empty() {
+        out.push_str("no running VMs of the configured emulators\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "VM", "PID", "EMULATOR", "MACHINE", "CPU", "VERDICT", "PROBLEM",
+            ],
+            list.vms
+                .iter()
+                .map(|v| {
+                    let c = v.command.as_ref();
+                    let mut verdict = v.verdict.as_str().to_owned();
+                    if v.verified {
+                        verdict.push_str(" (verified)");
+                    }
+                    vec![
+                        or_dash(v.name.as_ref()),
+                        v.pid.to_string(),
+                        v.emulator.clone(),
+                        or_dash(c.and_then(|c| c.machine.as_ref())),
+                        or_dash(c.and_then(|c| c.cpu.as_ref())),
+                        verdict,
+                        v.problems
+                            .first()
+                            .or(v.warnings.first().filter(|_| v.binary_replaced))
+                            .cloned()
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect(),
+        ));
+    }
+    let s = &list.skipped;
+    for (n, what) in [
+        (
+            s.unreadable,
+            "process(es) named like an emulator could not be read (another user's: the agent needs root or CAP_SYS_PTRACE to see them)",
+        ),
+        (s.gone, "VM(s) exited while being read"),
+        (
+            s.not_vms,
+            "QEMU process(es) with -machine none (probes, not VMs) left out",
+        ),
+        (
+            s.other_arch,
+            "VM(s) of another architecture than the document's left out",
+        ),
+    ] {
+        if n > 0 {
+            let _ = writeln!(out, "{n} {what}");
+        }
+    }
+    out
 }
 
 /// Left-aligned columns, two spaces apart, no trailing spaces.

@@ -30,6 +30,8 @@ pub const HOST_ROOT: &str = "/";
 pub const MAX_CONNECTIONS: u64 = 512;
 pub const MAX_HEADER_BYTES: u64 = 16 << 10;
 pub const MAX_BODY_BYTES: u64 = 4 << 10;
+/// A capabilities document is 0.1–1 MB.
+pub const MAX_DOCUMENT_BYTES: u64 = 8 << 20;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,6 +136,11 @@ pub const SHIM_PREWARM: &[&str] = &[
 pub const SHIM_MEMO_MAX_QUERIES: u64 = 64;
 /// Bytes of one memo answer (`-device help` is about 30 KB).
 pub const SHIM_MEMO_MAX_BYTES: u64 = 4 << 20;
+/// QEMU's verdicts (`verify`) kept per emulator fingerprint.
+pub const VERIFY_MAX: u64 = 256;
+/// Bytes of one kept verdict (QEMU's error line and the devices it was
+/// not asked about).
+pub const VERIFY_MAX_BYTES: usize = 64 << 10;
 /// How long a shim waits for the agent's answer before it runs QEMU
 /// itself: a first answer may wait on a probe and a recording.
 pub const SHIM_TIMEOUT: Duration = Duration::from_secs(3);

@@ -110,6 +110,9 @@ pub struct Config {
     pub shim_memo_max_queries: Limit<1, { limits::MAX_MEMO_QUERIES }>,
     /// Bytes of one answer the memo keeps.
     pub shim_memo_max_bytes: Limit<1, { limits::MAX_MEMO_BYTES }>,
+    /// QEMU's verdicts (`verify`) kept per emulator: distinct VMs asked
+    /// about (machine, accelerator, CPU, devices).
+    pub verify_max: Limit<1, { limits::MAX_MEMO_QUERIES }>,
     /// How long a shim waits for the agent before it runs QEMU itself.
     pub shim_timeout: Period,
     /// node-feature-discovery's feature file the agent keeps (node
@@ -128,6 +131,9 @@ pub struct HttpLimits {
     pub max_connections: Limit<1, { limits::MAX_CONNECTIONS }>,
     pub max_header_bytes: Limit<1, { limits::MAX_HEADER_BYTES }>,
     pub max_body_bytes: Limit<1, { limits::MAX_BODY_BYTES }>,
+    /// The largest capabilities document a request may carry
+    /// (`POST /v1/vms/against`).
+    pub max_document_bytes: Limit<1, { limits::MAX_DOCUMENT_BYTES }>,
     /// How long a query waits on a probe before it gets 503.
     pub request_timeout: Period,
     /// A connection must deliver a request head within this (from accept,
@@ -148,6 +154,7 @@ impl Default for HttpLimits {
             max_connections: Limit(defaults::MAX_CONNECTIONS),
             max_header_bytes: Limit(defaults::MAX_HEADER_BYTES),
             max_body_bytes: Limit(defaults::MAX_BODY_BYTES),
+            max_document_bytes: Limit(defaults::MAX_DOCUMENT_BYTES),
             request_timeout: Period(defaults::REQUEST_TIMEOUT),
             header_read_timeout: Period(defaults::HEADER_READ_TIMEOUT),
             write_timeout: Period(defaults::WRITE_TIMEOUT),
@@ -186,6 +193,7 @@ impl Default for Config {
                 .collect(),
             shim_memo_max_queries: Limit(defaults::SHIM_MEMO_MAX_QUERIES),
             shim_memo_max_bytes: Limit(defaults::SHIM_MEMO_MAX_BYTES),
+            verify_max: Limit(defaults::VERIFY_MAX),
             shim_timeout: Period(defaults::SHIM_TIMEOUT),
             nfd_features_file: None,
             nfd_cpu_models: Vec::new(),
@@ -611,7 +619,12 @@ mod tests {
                 && e.contains("line 2"),
             "{e}"
         );
-        for key in ["max_body_bytes", "max_connections", "max_header_bytes"] {
+        for key in [
+            "max_body_bytes",
+            "max_document_bytes",
+            "max_connections",
+            "max_header_bytes",
+        ] {
             let e = err(&format!("http:\n  {key}: 0\n"));
             assert!(
                 e.starts_with(&format!("http.{key}: 0 is less than 1")) && e.contains("line 2"),
@@ -749,6 +762,8 @@ mod tests {
         let long = format!("shim_dir: /{}\n", "d".repeat(100));
         says_at(&long, "too long for the shims' socket", 1);
         says_at("shim_memo_max_queries: 0\n", "less than 1", 1);
+        says_at("verify_max: 0\n", "less than 1", 1);
+        assert_eq!(Config::default().verify_max.get(), 256);
     }
 
     #[test]

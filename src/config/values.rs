@@ -26,6 +26,7 @@ pub mod limits {
     /// Argument lists the memo keeps per emulator, at most.
     pub const MAX_MEMO_QUERIES: u64 = 4096;
     /// Bytes of one memo answer, at most.
+    pub const MAX_DOCUMENT_BYTES: u64 = 256 << 20;
     pub const MAX_MEMO_BYTES: u64 = 64 << 20;
 }
 

@@ -16,6 +16,7 @@
 //! Without `$NOTIFY_SOCKET` nothing is sent and nothing runs.
 
 use crate::api::client::{self, Target};
+use crate::api::routes::Id;
 use sd_notify::NotifyState;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -95,7 +96,7 @@ pub async fn watchdog(
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match tokio::time::timeout(period / 2, client::get(&target, "/healthz")).await {
+        match tokio::time::timeout(period / 2, client::get(&target, &Id::Healthz.path(&[]))).await {
             Ok(Ok(_)) => notifier.watchdog(),
             Ok(Err(e)) => tracing::warn!(error = %e, "self-check failed; not petting the watchdog"),
             Err(_) => tracing::warn!("self-check timed out; not petting the watchdog"),

@@ -43,6 +43,8 @@ pub const TAG_VAR: &str = "QCAPSD_PROBE";
 
 /// How much of QEMU's stderr is kept for error messages.
 pub const STDERR_CAP: usize = 32 << 10;
+/// How much of it an error message shows: its last lines.
+const STDERR_SHOWN: usize = 2000;
 /// PATH given to QEMU when the agent itself has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// After QMP breaks, how long QEMU gets to exit by itself so that its own
@@ -71,6 +73,11 @@ pub struct ExecSpec {
     pub max_message: usize,
     /// Value of [`TAG_VAR`] in QEMU's environment.
     pub tag: Option<String>,
+    /// `Some`: a VM's machine, accelerator, CPU and devices (see
+    /// [`super::verify`]) instead of a probe's `-machine none` under
+    /// `accel`; still stopped (`-S`), with no default devices, no user
+    /// config, no display, no disk and no network.
+    pub vm: Option<Vec<String>>,
 }
 
 impl ExecSpec {
@@ -81,6 +88,7 @@ impl ExecSpec {
             timeout,
             max_message: DEFAULT_MAX_MESSAGE,
             tag: None,
+            vm: None,
         }
     }
 }
@@ -204,17 +212,12 @@ impl Running {
     async fn spawn(spec: &ExecSpec) -> Result<Self, ExecError> {
         let child = spawn_child(&spec.path, || {
             let mut cmd = sandboxed(&spec.path, spec.tag.as_deref());
-            cmd.args([
-                "-S",
-                "-no-user-config",
-                "-nodefaults",
-                "-nographic",
-                "-machine",
-                spec.accel.machine_arg(),
-                "-qmp",
-                "stdio",
-            ])
-            .stdin(Stdio::piped());
+            cmd.args(["-S", "-no-user-config", "-nodefaults"]);
+            match &spec.vm {
+                None => cmd.args(["-nographic", "-machine", spec.accel.machine_arg()]),
+                Some(vm) => cmd.args(["-display", "none"]).args(vm),
+            };
+            cmd.args(["-qmp", "stdio"]).stdin(Stdio::piped());
             cmd
         })
         .await?;
@@ -487,9 +490,22 @@ impl Running {
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect();
-        let mut one = lines.join(" | ");
-        if one.len() > 2000 {
-            let cut = (0..=2000)
+        // QEMU's error comes last (after its warnings): keep the last
+        // lines whole, up to STDERR_SHOWN bytes.
+        let mut kept_lines = Vec::new();
+        let mut len = 0;
+        for l in lines.iter().rev() {
+            if len + l.len() + 3 > STDERR_SHOWN && !kept_lines.is_empty() {
+                kept_lines.push("…");
+                break;
+            }
+            len += l.len() + 3;
+            kept_lines.push(l);
+        }
+        kept_lines.reverse();
+        let mut one = kept_lines.join(" | ");
+        if one.len() > STDERR_SHOWN {
+            let cut = (0..=STDERR_SHOWN)
                 .rev()
                 .find(|&i| one.is_char_boundary(i))
                 .unwrap_or(0);

@@ -13,6 +13,7 @@ pub mod parse;
 pub mod probe;
 pub mod qmp;
 pub mod reaper;
+pub mod verify;
 pub mod vm_args;
 
 pub use accel::Accel;

@@ -18,6 +18,7 @@
 //! No caller fails or hangs because of qcapsd: an agent that is stopped,
 //! gone, slow or confused costs at most the timeout, then QEMU runs.
 
+use crate::api::routes::Id;
 use crate::qemu::cmdline;
 use crate::qemu::exec::replace_process;
 use crate::support::base64;
@@ -182,12 +183,10 @@ fn ask(dir: &Path, manifest: &Manifest, argv0: &OsStr, args: &[OsString]) -> Res
         .and_then(OsStr::to_str)
         .filter(|b| cmdline::is_plain_name(b))
         .ok_or(Asked::Failed)?;
-    let enc = crate::api::client::percent_encode;
-    let mut target = format!(
-        "/v1/emulators/{}/help?argv0={}",
-        enc(manifest.emulator),
-        enc(base)
-    );
+    let enc = crate::api::routes::percent_encode;
+    let mut target = Id::Help.path(&[manifest.emulator]);
+    target.push_str("?argv0=");
+    target.push_str(&enc(base));
     for a in args {
         // Pure queries are UTF-8 (the allow-list says so).
         target.push_str("&arg=");

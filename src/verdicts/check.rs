@@ -37,6 +37,13 @@ pub struct CheckRequest {
     /// Explicit feature flags on the CPU model (a running VM's `-cpu
     /// MODEL,-hle,+vmx`): a flag turned off is no longer a blocker.
     pub cpu_flags: Vec<CpuFlag>,
+    /// The features a CPU model lacks here are dropped, not refused: what
+    /// x86 QEMU does with a `-cpu` without `enforce` (a running VM's own
+    /// command line). Then a model that is not usable is a warning (the
+    /// guest would see less than asked), not a problem. `false` (the
+    /// check's own question): not usable is a problem, as libvirt and
+    /// `enforce` have it.
+    pub cpu_lenient: bool,
     pub devices: Vec<String>,
     /// `kvm` or `tcg`; `None`: what the probe ran under.
     pub accel: Option<Accel>,
@@ -69,6 +76,11 @@ pub struct Verdict {
     pub warnings: Vec<String>,
     /// When the capabilities the verdict is based on were probed.
     pub probed_at: String,
+    /// QEMU itself confirmed the verdict: it was started once with this
+    /// machine, accelerator, CPU and devices (`verify`), and `ok` is its
+    /// answer.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -130,6 +142,7 @@ pub fn check(caps: &Capabilities, req: &CheckRequest, stale: Option<&str>) -> Ve
         problems: Vec::new(),
         warnings: Vec::new(),
         probed_at: caps.probe.started_at.clone(),
+        verified: false,
     };
     if let Some(why) = stale {
         v.warnings.push(format!(
@@ -153,6 +166,7 @@ pub fn check(caps: &Capabilities, req: &CheckRequest, stale: Option<&str>) -> Ve
             caps,
             cpu,
             &req.cpu_flags,
+            req.cpu_lenient,
             &accel,
             usability,
             &mut v,
@@ -333,6 +347,7 @@ fn check_cpu(
     caps: &Capabilities,
     name: &str,
     flags: &[CpuFlag],
+    lenient: bool,
     accel: &str,
     usability: Usability,
     v: &mut Verdict,
@@ -366,6 +381,14 @@ fn check_cpu(
         Usability::Unknown => return cpu_verdict(name, true, None, Vec::new(), model.deprecated),
     };
     let (usable, blockers) = with_flags(usable, blockers, flags, name, accel, &mut v.warnings);
+    let x86 = matches!(caps.arch.as_deref(), Some("x86_64" | "i386"));
+    if usable == Some(false) && lenient && x86 {
+        v.warnings.push(format!(
+            "cpu {name} lacks {} under {accel} here: QEMU starts it without them (no `enforce`), so the guest sees less than the model",
+            if blockers.is_empty() { "features".to_owned() } else { blockers.join(", ") }
+        ));
+        return cpu_verdict(name, true, usable, blockers, model.deprecated);
+    }
     match usable {
         Some(true) => cpu_verdict(name, true, usable, blockers, model.deprecated),
         Some(false) => {
@@ -381,7 +404,7 @@ fn check_cpu(
         }
         None => {
             v.warnings.push(format!(
-                "QEMU does not report whether cpu {name} is usable under {accel}, nor which CPU models each machine type takes: it may still refuse this one"
+                "QEMU does not report whether cpu {name} is usable under {accel}, nor which CPU models each machine type takes{HEDGE}"
             ));
             cpu_verdict(name, true, None, blockers, model.deprecated)
         }
@@ -494,6 +517,89 @@ fn check_device(caps: &Capabilities, name: &str, problems: &mut Vec<String>) -> 
         resolved: None,
         suggestions,
     }
+}
+
+/// How a warning ends that says QEMU may refuse what the document cannot
+/// tell (verify asks QEMU).
+const HEDGE: &str = ": it may still refuse this one (verify asks QEMU)";
+
+/// What QEMU said when started with a verdict's VM (`verify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmation {
+    /// QEMU started the VM (paused) and answered on its monitor.
+    pub started: bool,
+    /// QEMU's own error line, when it refused.
+    pub message: Option<String>,
+    /// Devices QEMU cannot be asked about without their backends (a disk
+    /// without its drive), with QEMU's words: their verdict stays the
+    /// document's.
+    pub unverified: Vec<(String, String)>,
+}
+
+/// `v` with QEMU's word on it: QEMU's refusal is the first problem; a VM
+/// QEMU started is ok, whatever the document said (said as warnings).
+pub fn confirm(v: &mut Verdict, c: &Confirmation) {
+    v.verified = true;
+    // QEMU answered what the document could not.
+    v.warnings.retain(|w| !w.ends_with(HEDGE));
+    if c.started {
+        for p in std::mem::take(&mut v.problems) {
+            v.warnings
+                .push(format!("QEMU started it all the same, though: {p}"));
+        }
+    } else {
+        let said = c
+            .message
+            .as_deref()
+            .unwrap_or("it exited without a message");
+        v.problems.insert(0, format!("QEMU refuses it: {said}"));
+    }
+    for (device, why) in &c.unverified {
+        v.warnings.push(format!(
+            "device {device} was not started by the verification, as it needs its backend ({why}); its verdict is the document's"
+        ));
+    }
+    v.ok = v.problems.is_empty();
+}
+
+/// The arguments that start the VM `v` judged (after QEMU's fixed
+/// `-S -nodefaults …`): its machine, accelerator, CPU (`cpu_value`, a
+/// running VM's whole `-cpu` value, as it is), vCPUs and devices. With
+/// `enforce` (x86, the check's own question) the CPU gets `enforce`, so
+/// QEMU refuses a model it would otherwise run with features dropped:
+/// what the check calls not usable.
+pub fn verify_args(
+    v: &Verdict,
+    req: &CheckRequest,
+    cpu_value: Option<&str>,
+    enforce: bool,
+) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(m) = &v.machine {
+        if let Some(name) = m.resolved.as_ref().or(m.requested.as_ref()) {
+            args.extend(["-machine".to_owned(), name.clone()]);
+        }
+    }
+    args.extend(["-accel".to_owned(), v.accel.clone()]);
+    if let Some(cpu) = cpu_value.or(req.cpu.as_deref()) {
+        let enforced = crate::qemu::vm_args::keyval(cpu)
+            .iter()
+            .skip(1)
+            .any(|i| i == "enforce" || i.starts_with("enforce=") || i.starts_with("check="));
+        let cpu = if enforce && !enforced {
+            format!("{cpu},enforce")
+        } else {
+            cpu.to_owned()
+        };
+        args.extend(["-cpu".to_owned(), cpu]);
+    }
+    if let Some(n) = req.cpus {
+        args.extend(["-smp".to_owned(), n.to_string()]);
+    }
+    for d in &req.devices {
+        args.extend(["-device".to_owned(), d.clone()]);
+    }
+    args
 }
 
 /// `problem`, and the closest names if there are any.

@@ -519,6 +519,7 @@ mod tests {
         let b = input("b", |c| c.cpu_models[0].usable = Some(false));
         let req = CheckRequest {
             cpu_flags: Vec::new(),
+            cpu_lenient: false,
             cpu: Some("Haswell".into()),
             ..CheckRequest::default()
         };

@@ -6,3 +6,4 @@
 pub mod changes;
 pub mod check;
 pub mod compare;
+pub mod vms;

@@ -316,6 +316,7 @@ async fn cpu_verdicts_of_recorded_probes_equal_libvirt_s() {
                         &caps,
                         &CheckRequest {
                             cpu_flags: Vec::new(),
+                            cpu_lenient: false,
                             cpu: Some(name.clone()),
                             accel: Some(typ.parse().unwrap()),
                             ..CheckRequest::default()

@@ -333,6 +333,7 @@ fn handler(path: &Path) -> qcapsd::agent::emulators::Emulators {
         ),
         "test".into(),
         qcapsd::cache::store::Store::new(path.with_file_name("memo")),
+        qcapsd::cache::store::Store::new(path.with_file_name("verify")),
     )
 }
 
