@@ -26,3 +26,4 @@ mod probe_real;
 mod probe_replay;
 mod schema;
 mod shim;
+mod vms;

@@ -128,6 +128,24 @@ pub trait Http {
         self.request("GET", path, &[])
     }
 
+    /// A POST of `body` (JSON), with `Connection: close`.
+    fn post(&self, path: &str, body: &[u8]) -> Resp {
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        let resp = raw_http(self.port(), &req);
+        if resp
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json"))
+        {
+            super::schema::validate("POST", path, resp.status, &resp.body);
+        }
+        resp
+    }
+
     /// The value of one series on /metrics.
     fn metric(&self, series: &str) -> Option<f64> {
         metric(&self.get("/metrics").text(), series)

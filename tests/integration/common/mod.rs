@@ -13,6 +13,7 @@ pub mod qemu;
 pub mod prometheus;
 pub mod schema;
 pub mod stand_ins;
+pub mod vms;
 
 /// `accels: [kvm]` unless `extra` sets `accels` itself. Test agents probe
 /// under one accelerator (KVM where it works, TCG otherwise), so a probe
@@ -37,3 +38,4 @@ pub use procs::*;
 pub use prometheus::{Prometheus, check_rules};
 pub use qemu::*;
 pub use stand_ins::*;
+pub use vms::{TestVm, python_copy, vm_of};
