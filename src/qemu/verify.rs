@@ -2,7 +2,9 @@
 //! once with exactly the VM's machine, accelerator, CPU, vCPUs and
 //! devices, stopped (`-S`), with no disk, no network, no default devices
 //! and no display, in the exec sandbox; it either answers `query-status`
-//! on its monitor (it took the VM) or exits with its own error line.
+//! on its monitor (it took the VM), or exits with its own error line, or
+//! crashes starting it (an assertion: a refusal too). Killed by
+//! `SIGKILL`, timed out or not started at all, it gave no answer.
 //!
 //! A device that cannot exist without its backend (a disk without its
 //! drive, `vfio-pci` without a host device) makes QEMU refuse for a
@@ -131,6 +133,17 @@ pub fn needs_backend(message: &str) -> bool {
     .any(|w| m.contains(w))
 }
 
+/// Whether QEMU ending so, before its monitor answered, is its answer on
+/// the VM: an error exit, or a crash in starting it (an assertion, a
+/// fault). `SIGKILL` is not: something else killed it (the OOM killer),
+/// and another try may go otherwise.
+fn refused(end: Exit) -> bool {
+    match end {
+        Exit::Code(c) => c != 0,
+        Exit::Signal(sig) => sig != rustix::process::Signal::KILL.as_raw(),
+    }
+}
+
 /// Starts the emulator at `path` with `args` (the VM: see
 /// [`crate::verdicts::check::verify_args`]) until QEMU takes it or refuses
 /// it for a reason of the VM's own. An error is a QEMU that crashed, hung
@@ -171,12 +184,21 @@ pub async fn verify(
                 return Ok(taken);
             }
             Err(ExecError::Qmp {
-                status: Some(Exit::Code(code)),
+                status: Some(end),
                 stderr,
                 ..
-            }) if code != 0 => {
-                let line = error_line(&stderr, path)
-                    .unwrap_or_else(|| format!("it exited with status {code} and said nothing"));
+            }) if refused(end) => {
+                let code = match end {
+                    Exit::Code(c) => c,
+                    Exit::Signal(sig) => 128 + sig,
+                };
+                let said = error_line(&stderr, path);
+                let line = match (end, said) {
+                    (Exit::Signal(sig), Some(l)) => format!("it crashed (signal {sig}): {l}"),
+                    (Exit::Signal(sig), None) => format!("it crashed (signal {sig})"),
+                    (_, Some(l)) => l,
+                    (_, None) => format!("it exited with status {code} and said nothing"),
+                };
                 if let Some((device, message)) = at_device(&line) {
                     let pos = args.chunks(2).position(|p| {
                         p[0] == "-device" && p.get(1).map(String::as_str) == Some(device)
