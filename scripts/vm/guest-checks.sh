@@ -156,6 +156,26 @@ exposure=$(systemd-analyze security --no-pager qcapsd 2>/dev/null | sed -n 's/.*
 check "systemd-analyze security qcapsd: $exposure <= 2.0" awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 2.0) }'
 check "x86_64 is fresh under the hardening" test "$(state_of qemu-system-x86_64)" = fresh
 
+# Running VMs (issue 22): a VM of another user (root here) is hidden
+# from the hardened unit, which says so; with the shipped drop-in it is
+# seen and judged.
+qemu-system-x86_64 -S -nodefaults -display none -machine q35,accel=tcg -name guest=vmtest-guest &
+vm=$!
+check "with the hardened unit, qcapsd vms says other users' VMs are hidden" \
+  sh -c "qcapsd vms --socket $sock | grep -q 'hidden from the agent'"
+mkdir -p /etc/systemd/system/qcapsd.service.d
+cp /usr/share/doc/qcapsd/examples/vms.conf.example /etc/systemd/system/qcapsd.service.d/vms.conf
+systemctl daemon-reload
+systemctl restart qcapsd
+check "with the vms.conf drop-in, qcapsd vms lists root's VM as ok" \
+  sh -c "qcapsd vms --socket $sock | grep -q 'vmtest-guest .* ok'"
+check "... and qcapsd_vms counts it" \
+  sh -c "curl -s $api/metrics | grep -qx 'qcapsd_vms{emulator=\"qemu-system-x86_64\",verdict=\"ok\"} 1'"
+kill "$vm"; wait "$vm" 2>/dev/null
+rm -rf /etc/systemd/system/qcapsd.service.d
+systemctl daemon-reload
+systemctl restart qcapsd
+
 # Socket: 0660; root is served; a user outside its group is not.
 check "the socket is mode 0660" test "$(stat -c %a $sock)" = 660
 check "qcapsd query --socket works for root" qcapsd query --socket $sock

@@ -324,6 +324,9 @@ pub fn vms_table(list: &VmList) -> String {
             let _ = writeln!(out, "{n} {what}");
         }
     }
+    if s.hidden {
+        out.push_str("other users' processes are hidden from the agent (its /proc has hidepid, as systemd's ProtectProc=invisible sets): their VMs are not seen; see the README on running VMs\n");
+    }
     out
 }
 

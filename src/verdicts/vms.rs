@@ -135,6 +135,11 @@ pub struct Skipped {
     pub not_vms: usize,
     /// VMs of another architecture than the document's.
     pub other_arch: usize,
+    /// Other users' processes are hidden from the agent (`/proc` mounted
+    /// with `hidepid`, as systemd's `ProtectProc=invisible` does): their
+    /// VMs cannot be seen, nor counted.
+    #[serde(default)]
+    pub hidden: bool,
 }
 
 /// What a VM is judged against.

@@ -78,6 +78,7 @@ impl Vms {
             skipped: Skipped {
                 unreadable: scan.unreadable,
                 gone: scan.gone,
+                hidden: scan.hidden,
                 ..Skipped::default()
             },
         };

@@ -95,6 +95,41 @@ pub struct Scan {
     pub unreadable: usize,
     /// QEMU processes that exited while they were read.
     pub gone: usize,
+    /// Other users' processes are hidden from this one: `/proc` is
+    /// mounted with `hidepid` (systemd's `ProtectProc=invisible`) and it
+    /// may not trace them.
+    pub hidden: bool,
+}
+
+/// `CAP_SYS_PTRACE`'s bit in the capability sets.
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// Whether other users' processes are hidden from this one: the `/proc`
+/// at `proc` is mounted with `hidepid` other than 0 and this process lacks
+/// `CAP_SYS_PTRACE` (which sees through it). Reads
+/// `proc/self/{mountinfo,status}`.
+pub fn hidden(proc: &Path) -> bool {
+    let hidepid = std::fs::read_to_string(proc.join("self/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(&*proc.to_string_lossy()) && l.contains(" - proc "))
+        .any(|l| {
+            l.rsplit(' ').next().unwrap_or("").split(',').any(|o| {
+                o.strip_prefix("hidepid=")
+                    .is_some_and(|v| !matches!(v, "0" | "off"))
+            })
+        });
+    hidepid && !may_trace(proc)
+}
+
+/// Whether this process holds `CAP_SYS_PTRACE` (`CapEff` of its status).
+fn may_trace(proc: &Path) -> bool {
+    std::fs::read_to_string(proc.join("self/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
 }
 
 /// Why reading a process stopped.
@@ -122,6 +157,7 @@ pub fn scan(proc: &Path, ids: &[Identity]) -> Scan {
     if ids.is_empty() {
         return out;
     }
+    out.hidden = hidden(proc);
     let Ok(dir) = std::fs::read_dir(proc) else {
         return out;
     };
@@ -285,5 +321,37 @@ mod tests {
         assert_eq!((r.pid, r.replaced), (11, true));
         assert!(r.binary.ends_with(" (deleted)"));
         assert_eq!(s.gone, 1);
+    }
+
+    #[test]
+    fn hidden_processes_are_known_from_the_mount_and_the_capability() {
+        let d = tempfile::tempdir().unwrap();
+        let proc = d.path().join("proc");
+        std::fs::create_dir_all(proc.join("self")).unwrap();
+        let at = proc.to_string_lossy().into_owned();
+        let mount = |opts: &str| {
+            std::fs::write(
+                proc.join("self/mountinfo"),
+                format!("22 27 0:21 / {at} rw,nosuid - proc proc {opts}\n"),
+            )
+            .unwrap();
+        };
+        let caps = |eff: &str| {
+            std::fs::write(
+                proc.join("self/status"),
+                format!("Name:\tq\nCapEff:\t{eff}\n"),
+            )
+            .unwrap();
+        };
+        mount("rw,hidepid=invisible");
+        caps("0000000000000000");
+        assert!(hidden(&proc));
+        caps("0000000000080000");
+        assert!(!hidden(&proc), "CAP_SYS_PTRACE sees through hidepid");
+        caps("0000000000000000");
+        mount("rw");
+        assert!(!hidden(&proc));
+        mount("rw,hidepid=0");
+        assert!(!hidden(&proc));
     }
 }
