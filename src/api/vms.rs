@@ -97,8 +97,8 @@ pub(super) async fn against(
     };
     let snap = ctx.agent.snapshot();
     let other = Other {
-        label: &label,
-        caps: &caps,
+        label,
+        caps: std::sync::Arc::new(caps),
     };
     answer(
         &ctx.agent.vms.list(&snap, Some(other), false).await,
