@@ -11,23 +11,30 @@
 //!   (ETags, checksums), RFC 3339 timestamps, base64, the shim directory's
 //!   layout, node-feature-discovery's label rules.
 //! - [`qemu`]: everything that knows QEMU — the exec sandbox
-//!   ([`qemu::exec`], the only code that starts processes), the QMP client,
-//!   pure reply parsers, the capabilities document, the probe, and the
-//!   fingerprint that decides whether a probe is still valid.
+//!   ([`qemu::exec`], the only code that starts processes) and what its
+//!   execs come to, the reaper, the QMP client, pure reply parsers, the
+//!   capabilities document, the probe, `verify` (a VM started once,
+//!   stopped), the fingerprint that decides whether a probe is still
+//!   valid, and pure readers of command lines (pure queries, a running
+//!   VM's).
 //! - [`cache`]: a generic validated cache that knows nothing of QEMU:
 //!   handler contract, the slot and its one decision, the flight, the
 //!   atomic disk store.
 //! - [`config`]: YAML → validated `Config`, with every default.
 //! - [`verdicts`]: what documents mean, as pure functions — what changed
 //!   ([`verdicts::changes`]), can a VM run ([`verdicts::check`]), what
-//!   hosts share ([`verdicts::compare`]).
-//! - [`agent`]: the running agent — its state, the QEMU handler of the
-//!   cache ([`agent::emulators`]), discovery, rendered responses, the change
-//!   history, long-poll versions, metrics, the revalidator, the memo of pure
-//!   queries and the shim directory it keeps, and the node labels it
-//!   writes for node-feature-discovery ([`agent::nfd`]).
-//! - [`api`]: HTTP — routes, responses, long-polls, the connection loop and
-//!   its limits, the bodies, OpenAPI, and the client the CLI uses.
+//!   hosts share ([`verdicts::compare`]), would the running VMs start
+//!   again ([`verdicts::vms`]).
+//! - [`agent`]: the running agent, a coordinator — its state, the QEMU
+//!   handler of the cache ([`agent::emulators`]), discovery, rendered
+//!   responses, the change history, long-poll versions, metrics, the
+//!   revalidator, the memos (pure queries, verifications), and the
+//!   features its passes drive ([`agent::pass`]): gauges, the shim
+//!   directory, node labels ([`agent::nfd`]), the running VMs
+//!   ([`agent::vms`]).
+//! - [`api`]: HTTP — the route table ([`api::routes`]), handlers,
+//!   responses, long-polls, the connection loop and its limits, the
+//!   bodies, OpenAPI, and the client the CLI uses.
 //! - [`daemon`]: `qcapsd run` — cache lock, listeners, signals, shutdown,
 //!   the lifecycle told to systemd.
 //! - [`shim`]: the binary run under an emulator's name — pure queries

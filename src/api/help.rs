@@ -51,7 +51,7 @@ pub fn parse(raw: Option<&str>) -> Result<QueryKey, QueryError> {
     if !cmdline::is_pure_query(&args) {
         return Err(QueryError::BadValue(
             "arg",
-            "not a pure query: only help and version requests are answered (see the README's shim section)".to_owned(),
+            "not a pure query: only help and version requests are answered (see docs/shims.md)".to_owned(),
         ));
     }
     Ok(QueryKey { argv0, args })

@@ -325,7 +325,7 @@ pub fn vms_table(list: &VmList) -> String {
         }
     }
     if s.hidden {
-        out.push_str("other users' processes are hidden from the agent (its /proc has hidepid, as systemd's ProtectProc=invisible sets): their VMs are not seen; see the README on running VMs\n");
+        out.push_str("other users' processes are hidden from the agent (its /proc has hidepid, as systemd's ProtectProc=invisible sets): their VMs are not seen (see docs/vms.md: \"Seeing other users' VMs\")\n");
     }
     out
 }

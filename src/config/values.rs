@@ -86,7 +86,7 @@ pub enum ValueError {
     )]
     ShimDirTooLong(String, usize),
     #[error(
-        "'{0}' is not a pure query (help or version requests only; see the README's shim section)"
+        "'{0}' is not a pure query (help or version requests only; see docs/shims.md)"
     )]
     NotAPureQuery(String),
     #[error(
