@@ -79,6 +79,15 @@ pub enum MemoKind {
     Verdicts,
 }
 
+/// What a failure file holds besides its header.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredFailure {
+    fingerprint: Fingerprint,
+    error: String,
+    reason: FailureReason,
+}
+
 /// What a cache file holds besides its header.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -469,6 +478,13 @@ pub enum RefreshError {
     },
     #[error("cannot render the document: {0}")]
     Render(#[from] serde_json::Error),
+    /// A refusal kept on disk from before a restart (the fingerprint has
+    /// not changed since).
+    #[error("{message}")]
+    Settled {
+        message: String,
+        reason: FailureReason,
+    },
 }
 
 impl RefreshError {
@@ -476,6 +492,7 @@ impl RefreshError {
     pub fn reason(&self) -> Option<FailureReason> {
         match self {
             RefreshError::Probe { source, .. } => Some(source.reason()),
+            RefreshError::Settled { reason, .. } => Some(*reason),
             RefreshError::Unconfigured | RefreshError::Render(_) => None,
         }
     }
@@ -484,6 +501,7 @@ impl RefreshError {
     pub fn settled(&self) -> bool {
         match self {
             RefreshError::Probe { source, .. } => source.settled(),
+            RefreshError::Settled { .. } => true,
             RefreshError::Unconfigured | RefreshError::Render(_) => false,
         }
     }
@@ -596,6 +614,30 @@ impl Handler for Emulators {
             memos,
         )
         .map_err(CacheFileError::Syntax)
+    }
+
+    fn save_failure(&self, key: &str, stamp: &Fingerprint, error: &RefreshError) -> Option<Vec<u8>> {
+        let path = self.view().table.get(key)?.path.clone();
+        let stored = StoredFailure {
+            fingerprint: stamp.clone(),
+            error: error.to_string(),
+            reason: error.reason()?,
+        };
+        files::seal(files::FAILURE_FORMAT, key, &path, &stored).ok()
+    }
+
+    fn load_failure(&self, key: &str, bytes: &[u8]) -> Option<(Fingerprint, RefreshError)> {
+        let view = self.view();
+        let configured = &view.table.get(key)?.path;
+        let entry = files::open(bytes, files::FAILURE_FORMAT, key, configured).ok()?;
+        let s: StoredFailure = serde_json::from_str(entry.get()).ok()?;
+        Some((
+            s.fingerprint,
+            RefreshError::Settled {
+                message: s.error,
+                reason: s.reason,
+            },
+        ))
     }
 
     fn save_file(&self, key: &str, e: &Entry) -> Result<Vec<u8>, CacheFileError> {

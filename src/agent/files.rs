@@ -6,8 +6,12 @@
 //!
 //! - cache files (`cache_dir/NAME.json`): the capabilities document and
 //!   the fingerprint it was probed under ([`super::emulators`]);
-//! - memo files (`cache_dir/memo/NAME.json`): the recorded answers to pure
-//!   queries, with the fingerprint of the entry they belong to.
+//! - memo files (`cache_dir/memo/NAME.json`, `cache_dir/verify/NAME.json`):
+//!   the recorded answers to pure queries and QEMU's verdicts, with the
+//!   fingerprint of the entry they belong to;
+//! - failure files (`cache_dir/failed/NAME.json`): a refusal (QEMU's exit
+//!   status 1) and the fingerprint it happened under, so a restart does not
+//!   probe again what would be refused the same way.
 
 use super::memo::{Answer, QueryKey};
 use crate::qemu::caps::SCHEMA_VERSION;
@@ -22,6 +26,9 @@ use std::path::{Path, PathBuf};
 pub const CACHE_FORMAT: &str = "qcapsd-cache";
 /// The tag of memo files.
 pub const MEMO_FORMAT: &str = "qcapsd-memo";
+/// The tag of failure files (`cache_dir/failed/NAME.json`): a refusal
+/// kept across restarts.
+pub const FAILURE_FORMAT: &str = "qcapsd-failure";
 
 /// A cache file as written: the header, then `entry` verbatim.
 #[derive(Serialize)]

@@ -57,6 +57,17 @@ pub trait Handler: Send + Sync + 'static {
     fn settled(&self, _error: &Self::Error) -> bool {
         false
     }
+    /// A settled failure (see [`Handler::settled`]) encoded for its file,
+    /// so a restart does not retry it while the source is unchanged;
+    /// `None`: it is not kept.
+    fn save_failure(&self, _key: &str, _stamp: &Self::Stamp, _error: &Self::Error) -> Option<Vec<u8>> {
+        None
+    }
+    /// Decodes a failure file: the stamp the failure happened under and
+    /// the error (`None`: corrupt, foreign or not ours).
+    fn load_failure(&self, _key: &str, _bytes: &[u8]) -> Option<(Self::Stamp, Self::Error)> {
+        None
+    }
     /// Decodes a cache file (an error means corrupt, foreign or not ours).
     fn load_file(&self, key: &str, bytes: &[u8]) -> Result<Self::Data, Self::FileError>;
     /// Encodes data for its cache file.

@@ -196,6 +196,9 @@ enum Step<H: Handler> {
 pub struct Cache<H: Handler> {
     handler: Arc<H>,
     store: Store,
+    /// Settled failures, one file per key (`failed/` beside the data), so
+    /// a restart does not retry what would fail the same way.
+    failures: Store,
     /// Guards every slot; never held across I/O or `.await`.
     slots: Mutex<HashMap<String, SlotOf<H>>>,
     /// Bounds concurrent refreshes across all keys.
@@ -219,6 +222,7 @@ impl<H: Handler> Cache<H> {
     ) -> Arc<Self> {
         Arc::new(Cache {
             handler,
+            failures: store.subdir("failed"),
             store,
             slots: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
@@ -270,6 +274,7 @@ impl<H: Handler> Cache<H> {
         }
         for k in &removed {
             self.store.remove(k);
+            self.failures.remove(k);
             self.observer.removed(k);
         }
         added
@@ -283,6 +288,7 @@ impl<H: Handler> Cache<H> {
             self.observer.changed(key);
         }
         self.store.remove(key);
+        self.failures.remove(key);
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -304,6 +310,49 @@ impl<H: Handler> Cache<H> {
     /// whether the key is now served from disk. Blocking (file I/O): call it
     /// on a blocking thread.
     pub fn load_from_disk(&self, key: &str) -> bool {
+        self.load_data(key) || self.load_failure(key)
+    }
+
+    /// A settled failure kept on disk, if the source is still as it was
+    /// when it failed: the key is failed again, not retried. Blocking.
+    fn load_failure(&self, key: &str) -> bool {
+        let bytes = match self.failures.read(key) {
+            Ok(Some(b)) => b,
+            Ok(None) => return false,
+            Err(_) => {
+                self.failures.remove(key);
+                return false;
+            }
+        };
+        let Some((then, error)) = self.handler.load_failure(key, &bytes) else {
+            tracing::info!(key, "discarding an unreadable failure file");
+            self.failures.remove(key);
+            return false;
+        };
+        if self.handler.stamp(key).as_ref() != Ok(&then) {
+            self.failures.remove(key);
+            return false;
+        }
+        let mut slots = self.lock();
+        match slots.get_mut(key) {
+            Some(slot) if slot.data.is_none() && slot.flight.is_none() && slot.failure.is_none() => {
+                tracing::info!(key, %error, "failed the same way before the restart, and nothing has changed since: not retried until it does");
+                slot.failure = Some(Failure {
+                    error: Arc::new(error),
+                    stamp: then,
+                    attempts: 1,
+                    retry_at: None,
+                    at: SystemTime::now(),
+                });
+                self.observer.changed(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The data file of `key`, if valid for the source as it is. Blocking.
+    fn load_data(&self, key: &str) -> bool {
         let file = self.store.path(key);
         let bytes = match self.store.read(key) {
             Ok(Some(b)) => b,
@@ -555,7 +604,7 @@ impl<H: Handler> Cache<H> {
                         Err(Produce::Failed(error)) => {
                             let error = Arc::new(error);
                             if current {
-                                self.record_failure(&key, slot, stamp, &error);
+                                self.record_failure(&key, slot, stamp.clone(), &error);
                             }
                             Err(LookupError::Failed(error))
                         }
@@ -580,10 +629,36 @@ impl<H: Handler> Cache<H> {
             Err(_) => {}
         }
         tx.send_modify(|p| p.outcome = Some(outcome.clone()));
+        if current {
+            self.keep_failure(&key, &stamp, &outcome).await;
+        }
         if current && outcome.is_ok() {
             self.save(&key).await;
         }
         tx.send_modify(|p| p.settled = true);
+    }
+
+    /// Keeps a settled failure on disk (see [`Handler::save_failure`]), and
+    /// drops the file of one that no longer holds. On the blocking pool;
+    /// a write that fails leaves the failure to memory.
+    async fn keep_failure(&self, key: &str, stamp: &H::Stamp, outcome: &Outcome<H::Data, H::Error>) {
+        let bytes = match outcome {
+            Err(LookupError::Failed(e)) if self.handler.settled(e) => {
+                self.handler.save_failure(key, stamp, e)
+            }
+            Err(LookupError::Cancelled) => return,
+            _ => None,
+        };
+        let (store, k) = (self.failures.clone(), key.to_owned());
+        let _ = tokio::task::spawn_blocking(move || match bytes {
+            Some(b) => {
+                if let Err(error) = store.write(&k, &b) {
+                    tracing::debug!(key = k, %error, "cannot keep the failure on disk");
+                }
+            }
+            None => store.remove(&k),
+        })
+        .await;
     }
 
     /// Runs the handler under a permit; at shutdown gives it a moment to

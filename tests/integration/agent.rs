@@ -355,6 +355,20 @@ fn a_refusal_is_not_retried_until_the_binary_changes_while_a_crash_is() {
         err.contains("invalid accelerator tcg") && err.contains("status 1"),
         "{err}"
     );
+    // Issue 23: the refusal is kept on disk: a restart does not probe it
+    // again (it says the same), while the crash is tried anew.
+    let crashes = count(&crashed_count);
+    let agent = agent.restart();
+    assert_eq!(count(&refused_count), 1, "not after a restart either");
+    assert!(count(&crashed_count) > crashes, "the crash is tried again");
+    let again = agent.get("/v1/emulators/qemu-system-refusing");
+    assert_eq!(again.status, 503);
+    assert_eq!(again.json()["error"].as_str().unwrap(), err, "the same answer");
+    assert_eq!(
+        agent.get("/v1/emulators").json().as_array().unwrap().iter()
+            .find(|e| e["name"] == "qemu-system-refusing").unwrap()["state"],
+        "failed"
+    );
     // Replacing the binary is a change: one probe, now a success.
     rename_upgrade(&refusing, "caps_9.1.0_x86_64.replies", &refused_count);
     assert!(common::poll_until(|| agent
