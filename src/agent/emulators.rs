@@ -269,7 +269,7 @@ impl Emulators {
         }
         if host_changed {
             tracing::info!(
-                reason = HostContext::why_changed(&view.host, &ctx),
+                reason = HostContext::why_changed(&view.host, &ctx).as_str(),
                 "host context changed"
             );
         }
@@ -532,7 +532,7 @@ impl Handler for Emulators {
     }
 
     fn why_changed(&self, old: &Fingerprint, new: &Fingerprint) -> &'static str {
-        Fingerprint::why_changed(old, new)
+        Fingerprint::why_changed(old, new).as_str()
     }
 
     fn settled(&self, error: &RefreshError) -> bool {

@@ -93,9 +93,6 @@ fn failure_reasons() -> impl Iterator<Item = &'static str> {
         .filter(|r| r.counted())
         .map(|r| r.as_str())
 }
-/// Miss reasons that are no change of the source: start-up, lookups of a
-/// failed or absent emulator. They do not move the last-miss timestamp.
-const NON_CHANGE_MISSES: &[&str] = &["cold", "failed", "missing", "inaccessible"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -618,7 +615,9 @@ impl Metrics {
         self.lookups.with_label_values(&[e]).inc();
         self.misses.with_label_values(&[e, reason]).inc();
         self.note_born(e, reason);
-        if !NON_CHANGE_MISSES.contains(&reason) {
+        // Start-up and lookups of a failed or absent emulator are no
+        // change: they do not move the last-miss timestamp.
+        if !crate::cache::Reason::no_change(reason) {
             self.last_miss.with_label_values(&[e]).set(at_unix);
         }
         self.total_lookups.fetch_add(1, Ordering::Relaxed);
@@ -817,8 +816,11 @@ mod tests {
     fn only_misses_of_a_changed_emulator_move_the_miss_timestamp() {
         let m = Metrics::register().unwrap();
         m.add_emulator("e");
-        for r in NON_CHANGE_MISSES {
-            m.record_miss("e", r, 5.0);
+        for r in crate::cache::Reason::ALL
+            .iter()
+            .filter(|r| crate::cache::Reason::no_change(r.as_str()))
+        {
+            m.record_miss("e", r.as_str(), 5.0);
         }
         assert!(text(&m).contains("qcapsd_last_cache_miss_timestamp_seconds{emulator=\"e\"} 0"));
         m.record_miss("e", "binary_changed", 7.0);

@@ -24,9 +24,48 @@ impl Absent {
     /// A bounded label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
-            Absent::Missing => "missing",
-            Absent::Inaccessible(_) => "inaccessible",
+            Absent::Missing => Reason::Missing.as_str(),
+            Absent::Inaccessible(_) => Reason::Inaccessible.as_str(),
         }
+    }
+}
+
+crate::support::labelled! {
+    /// Why the cache refreshes a key or finds no valid data for it, other
+    /// than a change of its source (which the handler names:
+    /// [`Handler::why_changed`]). With those, the `reason` label of
+    /// misses and invalidations.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub enum Reason {
+        /// Never made yet (start-up, a new key).
+        Cold = "cold",
+        /// A failed refresh's backoff is over.
+        Retry = "retry",
+        /// The source is back after it was gone.
+        Reappeared = "reappeared",
+        /// A refresh was demanded.
+        Forced = "forced",
+        /// No valid data: backing off after a failure.
+        Failed = "failed",
+        /// No valid data: the source is gone.
+        Missing = "missing",
+        /// No valid data: the source cannot be examined.
+        Inaccessible = "inaccessible",
+    }
+}
+
+impl Reason {
+    /// Whether a miss for the reason `label` says nothing of a change of
+    /// the source (start-up, a failed or absent source).
+    pub fn no_change(label: &str) -> bool {
+        [
+            Reason::Cold,
+            Reason::Failed,
+            Reason::Missing,
+            Reason::Inaccessible,
+        ]
+        .iter()
+        .any(|r| r.as_str() == label)
     }
 }
 

@@ -20,7 +20,7 @@ pub mod slot;
 pub mod store;
 
 use flight::{Flight, FlightRx, FlightTx, Outcome};
-pub use handler::{Absent, Handler, NoObserver, Observer};
+pub use handler::{Absent, Handler, NoObserver, Observer, Reason};
 use slot::{Failure, Slot, Verdict};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -432,7 +432,7 @@ impl<H: Handler> Cache<H> {
             Step::BackingOff(data, error) => {
                 // Same source, still backing off: no new exec, and no valid
                 // entry either.
-                self.observer.miss(key, "failed");
+                self.observer.miss(key, Reason::Failed.as_str());
                 match (data, error) {
                     (Some(data), _) => Ok(Lookup::Ready(Answer {
                         data,
@@ -791,8 +791,8 @@ impl<H: Handler> Cache<H> {
                 }
             }
             slot.last_forced = Some(Instant::now());
-            self.observer.invalidated(key, "forced");
-            self.start_flight(key, slot, now, "forced");
+            self.observer.invalidated(key, Reason::Forced.as_str());
+            self.start_flight(key, slot, now, Reason::Forced.as_str());
         }
         Ok(Forced {
             state: slot_state(slot),

@@ -6,7 +6,7 @@
 //! which counters it moves.
 
 use super::flight::{Flight, FlightRx};
-use super::handler::Absent;
+use super::handler::{Absent, Reason};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::time::Instant;
@@ -116,7 +116,7 @@ impl<D, S: PartialEq, E> Slot<D, S, E> {
         if self.absent.is_some() {
             // The disappearance was the invalidation; its return is not one.
             return Verdict::Refresh {
-                reason: "reappeared",
+                reason: Reason::Reappeared.as_str(),
                 invalidated: false,
             };
         }
@@ -129,11 +129,11 @@ impl<D, S: PartialEq, E> Slot<D, S, E> {
             .or(self.data.as_deref().map(&stamp_of));
         match known {
             None => Verdict::Refresh {
-                reason: "cold",
+                reason: Reason::Cold.as_str(),
                 invalidated: false,
             },
             Some(k) if k == now => Verdict::Refresh {
-                reason: "retry",
+                reason: Reason::Retry.as_str(),
                 invalidated: false,
             },
             Some(k) => Verdict::Refresh {

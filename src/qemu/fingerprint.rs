@@ -111,60 +111,75 @@ pub struct Fingerprint {
     pub host: Option<Arc<HostContext>>,
 }
 
+crate::support::labelled! {
+    /// Which part of a fingerprint differs: the reason a cached answer is
+    /// no longer valid (the `reason` label of cache misses and
+    /// invalidations, beside the cache's own [`crate::cache::Reason`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    pub enum ChangeReason {
+        /// The agent's capabilities schema.
+        SchemaChanged = "schema_changed",
+        /// The binary: device, inode, size, mtime or ctime.
+        BinaryChanged = "binary_changed",
+        /// A QEMU module directory.
+        ModulesChanged = "modules_changed",
+        /// Whether `/dev/kvm` is usable.
+        KvmChanged = "kvm_changed",
+        /// The accelerators asked for (config `accels`).
+        ConfigChanged = "config_changed",
+        /// The CPU's feature bits.
+        CpuidChanged = "cpuid_changed",
+        /// KVM's nested switch.
+        KvmNestedChanged = "kvm_nested_changed",
+        /// A secure-guest switch (SEV, TDX).
+        SecureGuestChanged = "secure_guest_changed",
+        /// The kernel release, CPU signature or microcode.
+        HostChanged = "host_changed",
+        /// Nothing differs.
+        Unchanged = "unchanged",
+    }
+}
+
 impl Fingerprint {
-    /// Which part differs, as a bounded reason label.
-    pub fn why_changed(old: &Fingerprint, new: &Fingerprint) -> &'static str {
+    /// Which part differs.
+    pub fn why_changed(old: &Fingerprint, new: &Fingerprint) -> ChangeReason {
         if old.schema_version != new.schema_version {
-            return "schema_changed";
+            return ChangeReason::SchemaChanged;
         }
         if old.binary != new.binary {
-            return "binary_changed";
+            return ChangeReason::BinaryChanged;
         }
         if old.module_dirs != new.module_dirs {
-            return "modules_changed";
+            return ChangeReason::ModulesChanged;
         }
         if old.kvm_usable != new.kvm_usable {
-            return "kvm_changed";
+            return ChangeReason::KvmChanged;
         }
         if old.accels != new.accels {
-            return "config_changed";
+            return ChangeReason::ConfigChanged;
         }
         match (&old.host, &new.host) {
             (Some(a), Some(b)) if a != b => HostContext::why_changed(a, b),
-            (a, b) if a != b => "host_changed",
-            _ => "unchanged",
+            (a, b) if a != b => ChangeReason::HostChanged,
+            _ => ChangeReason::Unchanged,
         }
     }
 }
 
 impl HostContext {
-    /// Which host fact differs, as a bounded reason label.
-    pub fn why_changed(old: &HostContext, new: &HostContext) -> &'static str {
+    /// Which host fact differs.
+    pub fn why_changed(old: &HostContext, new: &HostContext) -> ChangeReason {
         if old.cpuid != new.cpuid {
-            "cpuid_changed"
+            ChangeReason::CpuidChanged
         } else if old.kvm_nested != new.kvm_nested {
-            "kvm_nested_changed"
+            ChangeReason::KvmNestedChanged
         } else if old.secure_guest != new.secure_guest {
-            "secure_guest_changed"
+            ChangeReason::SecureGuestChanged
         } else {
-            // Kernel release, CPU signature or microcode.
-            "host_changed"
+            ChangeReason::HostChanged
         }
     }
 }
-
-/// Every invalidation reason a fingerprint can give (for docs and tests).
-pub const CHANGE_REASONS: &[&str] = &[
-    "schema_changed",
-    "binary_changed",
-    "modules_changed",
-    "kvm_changed",
-    "config_changed",
-    "cpuid_changed",
-    "kvm_nested_changed",
-    "secure_guest_changed",
-    "host_changed",
-];
 
 /// The CPUID leaves (leaf, subleaf) whose feature bits decide which CPU
 /// models KVM can run: vendor and basic features, structured extended
@@ -568,7 +583,7 @@ mod tests {
         for (reason, change) in changes {
             change();
             let now = fingerprint(&host, &bin);
-            assert_eq!(Fingerprint::why_changed(&last, &now), reason);
+            assert_eq!(Fingerprint::why_changed(&last, &now).as_str(), reason);
             last = now;
         }
     }
@@ -605,7 +620,7 @@ mod tests {
         std::fs::write(root.path().join("dev/kvm"), "").unwrap();
         let kvm = host.fingerprint(&bin, &[], &[Accel::Kvm], &ctx).unwrap();
         assert_eq!(kvm.host.as_ref(), Some(&ctx));
-        assert_eq!(Fingerprint::why_changed(&no_kvm, &kvm), "kvm_changed");
+        assert_eq!(Fingerprint::why_changed(&no_kvm, &kvm), ChangeReason::KvmChanged);
         let tcg = host.fingerprint(&bin, &[], &[Accel::Tcg], &ctx).unwrap();
         assert!(
             tcg.host.is_none(),
@@ -621,7 +636,7 @@ mod tests {
         std::fs::write(&new, "v2").unwrap();
         std::fs::rename(&new, &bin).unwrap();
         let b = fingerprint(&host, &bin);
-        assert_eq!(Fingerprint::why_changed(&a, &b), "binary_changed");
+        assert_eq!(Fingerprint::why_changed(&a, &b), ChangeReason::BinaryChanged);
         let ctx = Arc::new(host.context());
         assert!(
             host.fingerprint(&d.path().join("gone"), &[], &[Accel::Kvm], &ctx)
