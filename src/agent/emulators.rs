@@ -616,7 +616,12 @@ impl Handler for Emulators {
         .map_err(CacheFileError::Syntax)
     }
 
-    fn save_failure(&self, key: &str, stamp: &Fingerprint, error: &RefreshError) -> Option<Vec<u8>> {
+    fn save_failure(
+        &self,
+        key: &str,
+        stamp: &Fingerprint,
+        error: &RefreshError,
+    ) -> Option<Vec<u8>> {
         let path = self.view().table.get(key)?.path.clone();
         let stored = StoredFailure {
             fingerprint: stamp.clone(),

@@ -182,11 +182,12 @@ impl RouteSeries {
 impl HttpSeries {
     /// Counts one request to `route` (its template; `None` when no route
     /// matched) answered with `code` after `took`.
-    pub fn observe(&self, route: Option<&str>, code: axum::http::StatusCode, took: Duration) {
+    pub fn observe(&self, route: Option<&str>, code: u16, took: Duration) {
         let series = route.map_or(Some(&self.unmatched), |r| self.routes.get(r));
         let slot = series.and_then(|s| {
-            let i = HTTP_CODES.iter().position(|&c| c == code.as_u16())?;
+            let i = HTTP_CODES.iter().position(|&c| c == code)?;
             Some(s.by_code[i].get_or_init(|| {
+                let code = code.to_string();
                 let labels = [s.route, code.as_str()];
                 (
                     self.requests.with_label_values(&labels),
@@ -200,6 +201,7 @@ impl HttpSeries {
                 d.observe(took.as_secs_f64());
             }
             None => {
+                let code = code.to_string();
                 let labels = [route.unwrap_or("unmatched"), code.as_str()];
                 self.requests.with_label_values(&labels).inc();
                 self.duration

@@ -7,33 +7,31 @@
 use crate::qemu::caps::{Capabilities, DeviceProperty};
 use crate::qemu::fingerprint::Fingerprint;
 use crate::support::digest::fnv64;
-use axum::body::Bytes;
-use axum::http::HeaderValue;
+use bytes::Bytes;
 use serde::Serialize;
 use std::collections::HashMap;
 
-/// One serialized response and its ETag.
+/// One serialized response and its ETag: bytes, shared by every response
+/// that sends them (a clone is a reference count).
 #[derive(Debug, Clone)]
 pub struct Part {
     pub body: Bytes,
-    /// The ETag, ready to send (validated once, here).
-    pub etag: HeaderValue,
+    /// The ETag (hex digits, a dash and quotes).
+    pub etag: Bytes,
 }
 
 impl Part {
     pub fn json(value: &impl Serialize) -> Result<Part, serde_json::Error> {
         let body = Bytes::from(serde_json::to_vec(value)?);
         Ok(Part {
-            // Hex digits, a dash and quotes: always a valid header value.
-            etag: HeaderValue::from_str(&etag(&body))
-                .unwrap_or_else(|_| HeaderValue::from_static("\"\"")),
+            etag: Bytes::from(etag(&body)),
             body,
         })
     }
 
     /// The ETag as text.
     pub fn etag_str(&self) -> &str {
-        self.etag.to_str().unwrap_or("")
+        std::str::from_utf8(&self.etag).unwrap_or("")
     }
 }
 

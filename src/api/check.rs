@@ -22,7 +22,7 @@ pub const PARAMS: &str = "emulator|arch|machine|cpu|device|accel|cpus|verify";
 pub const MAX_DEVICES: usize = 64;
 
 /// The longest name a parameter takes.
-pub const MAX_NAME: usize = 128;
+pub const MAX_NAME: usize = crate::qemu::cmdline::MAX_NAME;
 
 /// Which emulator a check is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

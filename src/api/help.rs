@@ -23,6 +23,10 @@ use axum::response::Response;
 /// The parameters the route takes.
 pub const PARAMS: &str = "argv0|arg";
 
+/// The answer past the memo's bounds: the caller runs QEMU itself (the
+/// shim knows it by this status).
+pub const NOT_KEPT: StatusCode = StatusCode::INSUFFICIENT_STORAGE;
+
 /// The most arguments one query has.
 pub const MAX_ARGS: usize = 32;
 
@@ -51,7 +55,8 @@ pub fn parse(raw: Option<&str>) -> Result<QueryKey, QueryError> {
     if !cmdline::is_pure_query(&args) {
         return Err(QueryError::BadValue(
             "arg",
-            "not a pure query: only help and version requests are answered (see docs/shims.md)".to_owned(),
+            "not a pure query: only help and version requests are answered (see docs/shims.md)"
+                .to_owned(),
         ));
     }
     Ok(QueryKey { argv0, args })
@@ -95,7 +100,7 @@ pub(super) async fn handler(
             },
         ),
         Err(e @ (MemoError::Full(_) | MemoError::TooLarge(_))) => json_error(
-            StatusCode::INSUFFICIENT_STORAGE,
+            NOT_KEPT,
             &format!("emulator '{name}': not kept: {e}; run QEMU"),
         ),
         Err(e) => json_error(

@@ -38,7 +38,7 @@ pub(super) async fn observe(State(ctx): State<Ctx>, req: Request, next: Next) ->
     };
     ctx.http.observe(
         matched.as_ref().map(MatchedPath::as_str),
-        resp.status(),
+        resp.status().as_u16(),
         start.elapsed(),
     );
     resp
@@ -150,7 +150,9 @@ pub(super) fn part_response(
 
 /// `part` with its ETag: 304 when the client has it, else the bytes.
 pub(super) fn etagged(part: &Part, headers: &HeaderMap) -> Response {
-    let etag = part.etag.clone();
+    // The tag is hex digits, a dash and quotes: always a valid value.
+    let etag = HeaderValue::from_maybe_shared(part.etag.clone())
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
     let mut resp = if etag_matches(headers, part.etag_str()) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {

@@ -99,7 +99,12 @@ pub trait Handler: Send + Sync + 'static {
     /// A settled failure (see [`Handler::settled`]) encoded for its file,
     /// so a restart does not retry it while the source is unchanged;
     /// `None`: it is not kept.
-    fn save_failure(&self, _key: &str, _stamp: &Self::Stamp, _error: &Self::Error) -> Option<Vec<u8>> {
+    fn save_failure(
+        &self,
+        _key: &str,
+        _stamp: &Self::Stamp,
+        _error: &Self::Error,
+    ) -> Option<Vec<u8>> {
         None
     }
     /// Decodes a failure file: the stamp the failure happened under and

@@ -335,7 +335,9 @@ impl<H: Handler> Cache<H> {
         }
         let mut slots = self.lock();
         match slots.get_mut(key) {
-            Some(slot) if slot.data.is_none() && slot.flight.is_none() && slot.failure.is_none() => {
+            Some(slot)
+                if slot.data.is_none() && slot.flight.is_none() && slot.failure.is_none() =>
+            {
                 tracing::info!(key, %error, "failed the same way before the restart, and nothing has changed since: not retried until it does");
                 slot.failure = Some(Failure {
                     error: Arc::new(error),
@@ -641,7 +643,12 @@ impl<H: Handler> Cache<H> {
     /// Keeps a settled failure on disk (see [`Handler::save_failure`]), and
     /// drops the file of one that no longer holds. On the blocking pool;
     /// a write that fails leaves the failure to memory.
-    async fn keep_failure(&self, key: &str, stamp: &H::Stamp, outcome: &Outcome<H::Data, H::Error>) {
+    async fn keep_failure(
+        &self,
+        key: &str,
+        stamp: &H::Stamp,
+        outcome: &Outcome<H::Data, H::Error>,
+    ) {
         let bytes = match outcome {
             Err(LookupError::Failed(e)) if self.handler.settled(e) => {
                 self.handler.save_failure(key, stamp, e)

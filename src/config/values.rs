@@ -19,7 +19,7 @@ pub mod limits {
     pub const MAX_CONNECTIONS: u64 = 100_000;
     pub const MAX_HEADER_BYTES: u64 = 1 << 20;
     pub const MAX_BODY_BYTES: u64 = 1 << 20;
-    pub const MAX_DEVICE_NAME: usize = 128;
+    pub const MAX_DEVICE_NAME: usize = crate::qemu::cmdline::MAX_NAME;
     pub const MAX_CHANGE_HISTORY: u64 = 10_000;
     /// `http.max_wait` may not exceed this.
     pub const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -85,9 +85,7 @@ pub enum ValueError {
         max = crate::support::shim_dir::MAX_SOCKET_PATH
     )]
     ShimDirTooLong(String, usize),
-    #[error(
-        "'{0}' is not a pure query (help or version requests only; see docs/shims.md)"
-    )]
+    #[error("'{0}' is not a pure query (help or version requests only; see docs/shims.md)")]
     NotAPureQuery(String),
     #[error(
         "'{0}': node-feature-discovery ignores files whose names start with '.' (and needs a file name)"

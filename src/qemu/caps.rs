@@ -1,6 +1,7 @@
 //! The capabilities document: what one probe of one emulator found.
 //!
-//! This is the `schema_version` 2 contract of DESIGN.md. `qcapsd probe` prints
+//! Its shape is a contract (`schema_version`, below; described in
+//! docs/probe.md, its JSON Schema from `qcapsd probe --schema`). `qcapsd probe` prints
 //! it, the cache stores it on disk and the API serves it. A field QEMU could
 //! not answer is `None` or empty, never invented.
 

@@ -55,6 +55,8 @@ const MODIFIER_FLAGS: &[&str] = &[
 const ACCELS: &[&str] = &["kvm", "tcg", "kvm:tcg", "tcg:kvm"];
 
 /// The longest name allowed in a query.
+/// (Also the longest name a check, or the config's `device_properties`,
+/// takes: one limit for every name.)
 pub const MAX_NAME: usize = 128;
 
 /// One argument's role.

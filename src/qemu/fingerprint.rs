@@ -1,5 +1,5 @@
-//! What makes a cached probe still valid: the fingerprint of DESIGN.md
-//! §Validity, as complete as libvirt's `virQEMUCapsIsValid`, taken from the
+//! What makes a cached probe still valid: the fingerprint (docs/cache.md
+//! says what each part covers), as complete as libvirt's `virQEMUCapsIsValid`, taken from the
 //! host (never from QEMU's answer) and checked with a few `stat`s, no exec.
 //!
 //! Host facts are read below a root directory (`/` in production, a fixture
@@ -620,7 +620,10 @@ mod tests {
         std::fs::write(root.path().join("dev/kvm"), "").unwrap();
         let kvm = host.fingerprint(&bin, &[], &[Accel::Kvm], &ctx).unwrap();
         assert_eq!(kvm.host.as_ref(), Some(&ctx));
-        assert_eq!(Fingerprint::why_changed(&no_kvm, &kvm), ChangeReason::KvmChanged);
+        assert_eq!(
+            Fingerprint::why_changed(&no_kvm, &kvm),
+            ChangeReason::KvmChanged
+        );
         let tcg = host.fingerprint(&bin, &[], &[Accel::Tcg], &ctx).unwrap();
         assert!(
             tcg.host.is_none(),
@@ -636,7 +639,10 @@ mod tests {
         std::fs::write(&new, "v2").unwrap();
         std::fs::rename(&new, &bin).unwrap();
         let b = fingerprint(&host, &bin);
-        assert_eq!(Fingerprint::why_changed(&a, &b), ChangeReason::BinaryChanged);
+        assert_eq!(
+            Fingerprint::why_changed(&a, &b),
+            ChangeReason::BinaryChanged
+        );
         let ctx = Arc::new(host.context());
         assert!(
             host.fingerprint(&d.path().join("gone"), &[], &[Accel::Kvm], &ctx)

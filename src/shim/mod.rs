@@ -113,28 +113,47 @@ fn run(dir: &Path, name: &str) -> ExitCode {
     })
 }
 
-fn read_manifest<'a>(path: &Path, buf: &'a mut [u8; MANIFEST_MAX]) -> Result<Manifest<'a>, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+/// Why a shim's manifest cannot be had.
+#[derive(Debug, thiserror::Error)]
+enum ManifestFault {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error("larger than a manifest ({MANIFEST_MAX} bytes)")]
+    TooLarge,
+    #[error(transparent)]
+    Parse(#[from] shim_dir::ManifestError),
+}
+
+/// The manifest at `path`, read into `buf` (no allocation but the
+/// file's).
+fn read_manifest<'a>(
+    path: &Path,
+    buf: &'a mut [u8; MANIFEST_MAX],
+) -> Result<Manifest<'a>, ManifestFault> {
+    let mut f = std::fs::File::open(path)?;
     let mut n = 0;
     loop {
         match f.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         if n == buf.len() {
-            return Err("larger than a manifest".to_owned());
+            return Err(ManifestFault::TooLarge);
         }
     }
-    shim_dir::parse_manifest(&buf[..n]).map_err(|e| e.to_string())
+    Ok(shim_dir::parse_manifest(&buf[..n])?)
 }
 
 /// Whether `real` is this very binary (a manifest pointing at a shim would
 /// exec itself forever).
 fn is_this_binary(real: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(real), std::fs::metadata("/proc/self/exe")) {
+    match (
+        std::fs::metadata(real),
+        std::fs::metadata(crate::config::defaults::SELF_EXE),
+    ) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
@@ -153,7 +172,8 @@ fn count(dir: &Path, name: &str, what: &str) {
 
 /// Why the agent gave no answer.
 enum Asked {
-    /// Past the memo's bounds (507): the agent counted it.
+    /// Past the memo's bounds ([`crate::api::help::NOT_KEPT`]): the agent
+    /// counted it.
     NotKept,
     /// Not reachable, too slow, an error, or an answer that does not read.
     Failed,
@@ -198,7 +218,7 @@ fn ask(dir: &Path, manifest: &Manifest, argv0: &OsStr, args: &[OsString]) -> Res
     let body = &response[body];
     match status {
         200 => {}
-        507 => return Err(Asked::NotKept),
+        s if s == crate::api::help::NOT_KEPT.as_u16() => return Err(Asked::NotKept),
         _ => return Err(Asked::Failed),
     }
     // Borrowed from the body: base64 needs no JSON escape, so nothing is

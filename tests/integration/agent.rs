@@ -363,10 +363,20 @@ fn a_refusal_is_not_retried_until_the_binary_changes_while_a_crash_is() {
     assert!(count(&crashed_count) > crashes, "the crash is tried again");
     let again = agent.get("/v1/emulators/qemu-system-refusing");
     assert_eq!(again.status, 503);
-    assert_eq!(again.json()["error"].as_str().unwrap(), err, "the same answer");
     assert_eq!(
-        agent.get("/v1/emulators").json().as_array().unwrap().iter()
-            .find(|e| e["name"] == "qemu-system-refusing").unwrap()["state"],
+        again.json()["error"].as_str().unwrap(),
+        err,
+        "the same answer"
+    );
+    assert_eq!(
+        agent
+            .get("/v1/emulators")
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "qemu-system-refusing")
+            .unwrap()["state"],
         "failed"
     );
     // Replacing the binary is a change: one probe, now a success.

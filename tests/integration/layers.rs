@@ -93,3 +93,33 @@ fn lib_rs_lists_every_folder_and_each_layer_uses_only_those_below() {
         upward.join("\n  ")
     );
 }
+
+/// Issue 23: HTTP and the command line are the top layers' business: no
+/// module below `api` names axum, hyper or an HTTP type, and none below
+/// `cli` derives clap's traits.
+#[test]
+fn http_and_cli_types_stay_in_their_layers() {
+    let order = layers();
+    let rank = |name: &str| order.iter().position(|l| l == name).unwrap();
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut found = Vec::new();
+    for f in &files {
+        let Some(layer) = layer_of(f) else { continue };
+        let r = rank(&layer);
+        let text = std::fs::read_to_string(f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let http = ["axum::", "hyper::", "http::", "hyper_util::", "tower::"]
+                .iter()
+                .any(|p| code.contains(p));
+            if http && r < rank("api") {
+                found.push(format!("{}:{}: {layer} names HTTP", f.display(), i + 1));
+            }
+            if code.contains("clap::") && r < rank("cli") {
+                found.push(format!("{}:{}: {layer} names clap", f.display(), i + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}

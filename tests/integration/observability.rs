@@ -483,15 +483,12 @@ fn series_stay_within_44_per_emulator_plus_150() {
 fn every_miss_and_invalidation_reason_is_documented() {
     use qcapsd::qemu::fingerprint::ChangeReason;
     let doc = std::fs::read_to_string(repo("docs/metrics.md")).unwrap();
-    let labels = qcapsd::cache::Reason::ALL
-        .iter()
-        .map(|r| r.as_str())
-        .chain(
-            ChangeReason::ALL
-                .iter()
-                .filter(|r| **r != ChangeReason::Unchanged)
-                .map(|r| r.as_str()),
-        );
+    let labels = qcapsd::cache::Reason::ALL.iter().map(|r| r.as_str()).chain(
+        ChangeReason::ALL
+            .iter()
+            .filter(|r| **r != ChangeReason::Unchanged)
+            .map(|r| r.as_str()),
+    );
     for label in labels {
         assert!(
             doc.contains(&format!("`{label}`")),
