@@ -8,7 +8,10 @@
 //!   from the memo);
 //! - a VM-start-like pass-through (`-m 64 -version`, not a pure query: the
 //!   shim execs QEMU in place) run directly and through the shim, whose
-//!   difference is what a VM start pays for the shim.
+//!   difference is what a VM start pays for the shim;
+//! - then, with the agent frozen (SIGSTOP: it accepts connections and
+//!   sends nothing), `-cpu help` directly and through the shim, which waits
+//!   for the agent's acknowledgement (250 ms at most) and runs QEMU.
 //!
 //! It prints the median and minimum of each, the ratio exec / shim per
 //! query (target: 10 or more) and the pass-through overhead (target: 2 ms
@@ -121,6 +124,16 @@ fn measure(qemu: &Path, iters: usize, what: &str, shim_binary: Option<&Path>) {
             through.push(time(&shim, q));
         }
     }
+    // The agent frozen (SIGSTOP): the shim waits for its acknowledgement
+    // (250 ms), then runs QEMU.
+    let pid = rustix::process::Pid::from_raw(agent.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    let (mut frozen_direct, mut frozen_through) = (Vec::new(), Vec::new());
+    for _ in 0..iters.clamp(1, 5) {
+        frozen_direct.push(time(qemu, "-cpu help"));
+        frozen_through.push(time(&shim, "-cpu help"));
+    }
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
     let _ = agent.kill();
     let _ = agent.wait();
 
@@ -153,6 +166,14 @@ fn measure(qemu: &Path, iters: usize, what: &str, shim_binary: Option<&Path>) {
             );
         }
     }
+    let (d, t) = (stats(&mut frozen_direct), stats(&mut frozen_through));
+    println!(
+        "  {:<16} {:>16} {:>16}   agent frozen (SIGSTOP): QEMU's own time {:+.0} ms",
+        "-cpu help",
+        show(d),
+        show(t),
+        (t.0.as_secs_f64() - d.0.as_secs_f64()) * 1e3
+    );
 }
 
 /// One run of `bin` with the words of `q`, output discarded.

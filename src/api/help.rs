@@ -16,8 +16,9 @@ use super::query::{self, QueryError};
 use super::respond::{bad_query, json_error, json_value, lookup, printable};
 use crate::agent::memo::{MemoError, QueryKey, Source};
 use crate::qemu::cmdline;
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 /// The parameters the route takes.
@@ -62,16 +63,74 @@ pub fn parse(raw: Option<&str>) -> Result<QueryKey, QueryError> {
     Ok(QueryKey { argv0, args })
 }
 
+/// The request header with which a caller asks to be acknowledged at
+/// once: the answer is then `200` with this header, sent before any work,
+/// and its body, once ready, is the answer or the error body (whose
+/// `status` is the status it would have had). The shims ask so: a frozen
+/// agent (stopped, a debugger, a stalled host) still accepts connections
+/// but sends nothing, which a shim tells apart from a recording that takes
+/// its time.
+pub const ACK_HEADER: &str = "qcapsd-ack";
+
 pub(super) async fn handler(
     State(ctx): State<Ctx>,
     EmulatorPath { name, .. }: EmulatorPath,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     let key = match parse(q.as_deref()) {
         Ok(k) => k,
         Err(e) => return bad_query(&e),
     };
-    let entry = match lookup(&ctx, &name).await {
+    if !headers.contains_key(ACK_HEADER) {
+        return answer(&ctx, &name, key).await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let resp = answer(&ctx, &name, key).await;
+        if let Ok(body) = axum::body::to_bytes(resp.into_body(), usize::MAX).await {
+            let _ = tx.send(body);
+        }
+    });
+    let mut resp = Response::new(Body::new(Later(Some(rx))));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(ACK_HEADER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// A body that is one chunk, sent when it is ready (an answer computed
+/// after its head went out); empty if it never comes (the agent stops).
+struct Later(Option<tokio::sync::oneshot::Receiver<Bytes>>);
+
+impl http_body::Body for Later {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        let Some(rx) = self.0.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        match std::pin::Pin::new(rx).poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(r) => {
+                self.0 = None;
+                std::task::Poll::Ready(r.ok().map(|b| Ok(http_body::Frame::data(b))))
+            }
+        }
+    }
+}
+
+/// QEMU's answer to `key` of emulator `name`, or an error response.
+async fn answer(ctx: &Ctx, name: &str, key: QueryKey) -> Response {
+    let entry = match lookup(ctx, name).await {
         Ok(a) => a.data,
         Err(r) => return r,
     };
@@ -79,9 +138,9 @@ pub(super) async fn handler(
         .agent
         .cache
         .handler()
-        .answer(&name, &entry.memo, key.clone())
+        .answer(name, &entry.memo, key.clone())
         .await;
-    ctx.agent.metrics.record_shim(&name, &result);
+    ctx.agent.metrics.record_shim(name, &result);
     match result {
         Ok((answer, source)) => json_value(
             StatusCode::OK,

@@ -141,6 +141,10 @@ pub const VERIFY_MAX: u64 = 256;
 /// Bytes of one kept verdict (QEMU's error line and the devices it was
 /// not asked about).
 pub const VERIFY_MAX_BYTES: usize = 64 << 10;
+/// How long a shim waits for the agent to acknowledge its request (the
+/// agent sends the head of its answer at once): past it, the agent is
+/// taken for stopped or frozen, and the shim runs QEMU itself.
+pub const SHIM_ACK_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long a shim waits for the agent's answer before it runs QEMU
 /// itself: a first answer may wait on a probe and a recording.
 pub const SHIM_TIMEOUT: Duration = Duration::from_secs(3);

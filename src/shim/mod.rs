@@ -25,11 +25,13 @@ use crate::support::base64;
 use crate::support::shim_dir::{self, FELL_BACK, Manifest, RAN_QEMU};
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
+use crate::config::defaults::SHIM_ACK_TIMEOUT;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The most bytes a manifest may have (it is a few short lines).
 const MANIFEST_MAX: usize = 4096;
@@ -188,6 +190,12 @@ struct AnswerRef<'a> {
     exit_code: i32,
 }
 
+/// The status of an error body.
+#[derive(serde::Deserialize)]
+struct StatusRef {
+    status: u16,
+}
+
 /// QEMU's answer, as the agent gives it.
 struct Answer {
     stdout: Vec<u8>,
@@ -216,14 +224,24 @@ fn ask(dir: &Path, manifest: &Manifest, argv0: &OsStr, args: &[OsString]) -> Res
     let (status, response, body) =
         get(&shim_dir::socket(dir), &target, timeout).ok_or(Asked::Failed)?;
     let body = &response[body];
+    let not_kept = crate::api::help::NOT_KEPT.as_u16();
     match status {
         200 => {}
-        s if s == crate::api::help::NOT_KEPT.as_u16() => return Err(Asked::NotKept),
+        s if s == not_kept => return Err(Asked::NotKept),
         _ => return Err(Asked::Failed),
     }
     // Borrowed from the body: base64 needs no JSON escape, so nothing is
-    // copied but the decoded bytes.
-    let a: AnswerRef = serde_json::from_slice(body).map_err(|_| Asked::Failed)?;
+    // copied but the decoded bytes. An acknowledged answer that is an
+    // error says its status in the body.
+    let a: AnswerRef = match serde_json::from_slice(body) {
+        Ok(a) => a,
+        Err(_) => {
+            return Err(match serde_json::from_slice::<StatusRef>(body) {
+                Ok(e) if e.status == not_kept => Asked::NotKept,
+                _ => Asked::Failed,
+            });
+        }
+    };
     Ok(Answer {
         stdout: base64::decode(a.stdout).map_err(|_| Asked::Failed)?,
         stderr: base64::decode(a.stderr).map_err(|_| Asked::Failed)?,
@@ -231,22 +249,55 @@ fn ask(dir: &Path, manifest: &Manifest, argv0: &OsStr, args: &[OsString]) -> Res
     })
 }
 
-/// One GET over the unix socket at `socket`, within `timeout` for each
-/// read and write: the status, the response and where its body is in it;
-/// or `None`.
+/// Connects to the unix socket at `path` without waiting: an agent that
+/// accepts nothing (its backlog full, as a stopped agent's fills) is as
+/// good as none.
+fn connect_now(path: &Path) -> Option<UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .ok()?;
+    rustix::net::connect(&fd, &SocketAddrUnix::new(path).ok()?).ok()?;
+    let s = UnixStream::from(fd);
+    s.set_nonblocking(false).ok()?;
+    Some(s)
+}
+
+/// One GET over the unix socket at `socket`, asking to be acknowledged
+/// ([`crate::api::help::ACK_HEADER`]): the head must come within
+/// [`SHIM_ACK_TIMEOUT`] (a frozen agent sends nothing), the whole answer
+/// within `timeout` after it (a first answer may wait on a probe and a
+/// recording). Returns the status, the response and where its body is in
+/// it; `None` for anything else (no agent, a frozen one, one killed
+/// mid-answer, an answer that does not read).
 fn get(socket: &Path, target: &str, timeout: Duration) -> Option<(u16, Vec<u8>, Range<usize>)> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.set_write_timeout(Some(timeout)).ok()?;
+    let mut s = connect_now(socket)?;
+    s.set_write_timeout(Some(SHIM_ACK_TIMEOUT)).ok()?;
+    // HTTP/1.0: the answer's body ends with the connection.
     let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: qcapsd-shim\r\nConnection: close\r\n\r\n"
+        "GET {target} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: qcapsd-shim\r\n{}: 1\r\n\r\n",
+        crate::api::help::ACK_HEADER
     );
     s.write_all(request.as_bytes()).ok()?;
+    let start = Instant::now();
+    let mut deadline = start + SHIM_ACK_TIMEOUT;
+    let mut acknowledged = false;
     // One buffer, sized for most answers at once: growing it from a few
     // bytes costs an allocation (with musl, an mmap) and a read each time.
     let mut response = vec![0u8; 64 << 10];
     let mut len = 0;
     loop {
+        if !acknowledged && response[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            acknowledged = true;
+            deadline = Instant::now() + timeout;
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
         if len == response.len() {
             if len >= ANSWER_MAX {
                 return None;
@@ -265,16 +316,17 @@ fn get(socket: &Path, target: &str, timeout: Duration) -> Option<(u16, Vec<u8>, 
     Some((status, response, body))
 }
 
-/// The status and where the body is, of a whole HTTP/1.1 response read to
-/// the end of its connection (a body with a length; anything else is
-/// `None`).
+/// The status and where the body is, of a whole HTTP/1.x response read to
+/// the end of its connection: a body with a length, or (HTTP/1.0) the
+/// rest of the connection; a chunked one is `None`.
 fn parse_response(r: &[u8]) -> Option<(u16, Range<usize>)> {
     let head_end = r.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&r[..head_end]).ok()?;
     let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()?
-        .strip_prefix("HTTP/1.1 ")?
+    let line = lines.next()?;
+    let status: u16 = line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| line.strip_prefix("HTTP/1.0 "))?
         .get(..3)?
         .parse()
         .ok()?;
@@ -288,7 +340,10 @@ fn parse_response(r: &[u8]) -> Option<(u16, Range<usize>)> {
         }
     }
     let start = head_end + 4;
-    let end = start.checked_add(length?)?;
+    let end = match length {
+        Some(n) => start.checked_add(n)?,
+        None => r.len(),
+    };
     (end <= r.len()).then_some((status, start..end))
 }
 
@@ -313,10 +368,14 @@ mod tests {
         let full = b"HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 2\r\n\r\n{}";
         let (status, body) = parse_response(full).unwrap();
         assert_eq!((status, &full[body]), (507, &b"{}"[..]));
+        // HTTP/1.0 without a length: the body is the rest.
+        let acked = b"HTTP/1.0 200 OK\r\nqcapsd-ack: 1\r\n\r\n{\"a\":1}";
+        let (status, body) = parse_response(acked).unwrap();
+        assert_eq!((status, &acked[body]), (200, &b"{\"a\":1}"[..]));
         for bad in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}"[..],
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\n\r\n{}",
+            b"HTTP/2 200 OK\r\n\r\n{}",
             b"garbage",
             b"",
         ] {

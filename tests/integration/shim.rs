@@ -564,27 +564,42 @@ fn with_the_agent_stopped_or_confused_the_shim_runs_qemu() {
             );
         }
     };
+    let signal = |sig| {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(agent.child.id() as i32).unwrap(),
+            sig,
+        )
+        .unwrap()
+    };
+    let counted = || std::fs::metadata(&fell_back).unwrap().len();
+    // Issue 23: a frozen agent (SIGSTOP, a cgroup freezer, a debugger)
+    // still accepts connections but sends nothing. The shim waits for its
+    // acknowledgement (250 ms), not for shim_timeout (30 s here).
+    signal(rustix::process::Signal::STOP);
+    same("agent frozen");
+    assert_eq!(counted(), 6, "each fallback counted");
+    signal(rustix::process::Signal::CONT);
+    // Thawed, it takes the fallbacks into its metric, and answers again.
+    let series = format!("qcapsd_shim_requests_total{{emulator=\"{X86}\",result=\"fell_back\"}}");
+    assert_eq!(agent.metric(&series), Some(6.0));
+    assert_eq!(counted(), 0);
+    assert_eq!(
+        run(&shim, None, &["-version"]),
+        run(&x86(), Some(&shim.display().to_string()), &["-version"])
+    );
+    assert_eq!(agent.metric(&series), Some(6.0), "answered, not fallen back");
     let status = agent.stop();
     assert!(status.success());
     assert!(!socket.exists(), "the agent removes its socket");
     same("agent stopped");
-    assert_eq!(
-        std::fs::metadata(&fell_back).unwrap().len(),
-        6,
-        "each fallback counted"
-    );
+    assert_eq!(counted(), 6, "each fallback counted");
     a_vm_through_the_shim_is_qemu_itself(&shim, d.path());
     std::fs::write(&socket, "not a socket").unwrap();
     same("socket replaced by a file");
 
-    // A socket that accepts and never answers: the shim waits its timeout
-    // (from its manifest), then runs QEMU.
+    // A socket that accepts and never answers: the shim waits for an
+    // acknowledgement, then runs QEMU.
     std::fs::remove_file(&socket).unwrap();
-    let manifest = d.path().join(format!("shims/.qcapsd/{X86}.shim"));
-    let text = std::fs::read_to_string(&manifest)
-        .unwrap()
-        .replace("timeout_ms=30000", "timeout_ms=300");
-    std::fs::write(&manifest, text).unwrap();
     let mute = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let held = std::thread::spawn(move || {
         let mut kept = Vec::new();
@@ -595,6 +610,53 @@ fn with_the_agent_stopped_or_confused_the_shim_runs_qemu() {
     });
     same("an agent that never answers");
     drop(held.join().unwrap());
+}
+
+/// Issue 23: the agent is killed after it acknowledged a request, while
+/// the answer is being recorded (QEMU slow to print its help): the shim
+/// runs QEMU itself at once, well within shim_timeout (30 s).
+#[test]
+fn an_agent_killed_mid_answer_costs_the_shim_nothing_but_qemu_s_own_time() {
+    let d = tempfile::tempdir().unwrap();
+    let (bin, log) = (d.path().join("bin"), d.path().join("help.log"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let slow = common::script(
+        &bin,
+        X86,
+        &format!(
+            "case \" $* \" in\n  *\" -qmp \"*) exec '{py}' '{replayer}' '{t}' \"$@\" ;;\nesac\necho started >> '{log}'\nsleep 2\necho \"slow help\"\n",
+            py = "/usr/bin/python3",
+            replayer = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/replay_qemu.py")
+                .display(),
+            t = common::transcript("caps_10.0.0_x86_64.replies").display(),
+            log = log.display(),
+        ),
+    );
+    let shims = d.path().join("shims");
+    let mut agent = AgentProc::start(
+        d.path(),
+        &format!(
+            "shim_dir: {}\nshim_timeout: 30s\nshim_prewarm: []\nemulators:\n  - path: {}\n",
+            shims.display(),
+            slow.display()
+        ),
+    );
+    let shim = shims.join(X86);
+    let started = Instant::now();
+    let caller = std::thread::spawn(move || run(&shim, None, &["--help"]));
+    // The agent took the request and is recording: kill it.
+    assert!(common::poll_until(|| common::count(&log) >= 1));
+    agent.child.kill().unwrap();
+    let answer = caller.join().unwrap();
+    assert_eq!(answer.stdout, b"slow help\n", "QEMU's own bytes");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the shim waited for its timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(common::count(&log), 2, "the recording, then the shim's own exec");
+    let _ = agent.child.wait();
 }
 
 /// Every allow-listed query form, through the shim, gives exactly what
