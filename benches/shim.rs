@@ -16,9 +16,9 @@
 //! It prints the median and minimum of each, the ratio exec / shim per
 //! query (target: 10 or more) and the pass-through overhead (target: 2 ms
 //! or less). It does so twice where the static build exists
-//! (`scripts/build-static`): shims running the agent's own binary (glibc,
-//! dynamically linked), then shims running the static one (`shim_binary`,
-//! what the package sets). Under `cargo test` (no `--bench`) it runs one
+//! (`scripts/build-static`): shims running `qcapsd-shim` as built beside
+//! the agent (glibc, dynamically linked: the default), then the static
+//! one (`shim_binary`, what the package sets). Under `cargo test` (no `--bench`) it runs one
 //! iteration as a smoke test. QEMU_BIN and QCAPSD_BENCH_ITERS override the
 //! binary and the iteration count (30).
 
@@ -57,10 +57,11 @@ fn main() {
         Err(_) => 1,
     };
     let static_build = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/x86_64-unknown-linux-musl/release/qcapsd");
-    let mut variants: Vec<(&str, Option<PathBuf>)> = vec![("the agent's own binary", None)];
+        .join("target/x86_64-unknown-linux-musl/release/qcapsd-shim");
+    let mut variants: Vec<(&str, Option<PathBuf>)> =
+        vec![("qcapsd-shim beside the agent (glibc)", None)];
     if static_build.exists() {
-        variants.push(("the static build (shim_binary)", Some(static_build)));
+        variants.push(("the static qcapsd-shim (shim_binary)", Some(static_build)));
     } else {
         println!(
             "shim bench: no static build (scripts/build-static); shims run the agent's binary only"

@@ -56,7 +56,7 @@ listen: 127.0.0.1:9733
 unix_socket: $sock
 cache_dir: /var/cache/qcapsd
 shim_dir: $shims
-shim_binary: /usr/lib/qcapsd/qcapsd-static
+shim_binary: /usr/lib/qcapsd/qcapsd-shim
 emulators:
   - path: /usr/bin/qemu-system-x86_64
 $1

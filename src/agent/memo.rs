@@ -39,6 +39,9 @@ pub struct Answer {
     /// `stdout` and `stderr` in base64, as every replay sends them:
     /// encoded once, when the answer is made.
     pub encoded: (String, String),
+    /// The whole body a replay sends (the API's, rendered at the first
+    /// replay and kept: a replay then copies nothing).
+    pub replayed: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl Answer {
@@ -53,6 +56,7 @@ impl Answer {
             exit_code,
             exec_seconds,
             encoded,
+            replayed: std::sync::OnceLock::new(),
         }
     }
 }

@@ -14,12 +14,12 @@ use super::bodies::HelpAnswer;
 use super::handlers::EmulatorPath;
 use super::query::{self, QueryError};
 use super::respond::{bad_query, json_error, json_value, lookup, printable};
-use crate::agent::memo::{MemoError, QueryKey, Source};
+use crate::agent::memo::{Answer, MemoError, QueryKey, Source};
 use crate::qemu::cmdline;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 /// The parameters the route takes.
 pub const PARAMS: &str = "argv0|arg";
@@ -85,9 +85,21 @@ pub(super) async fn handler(
     if !headers.contains_key(ACK_HEADER) {
         return answer(&ctx, &name, key).await;
     }
+    // Acknowledged: an answer that is ready now (from the memo) goes out
+    // whole, at once; one that waits (a probe, a recording) gets its head
+    // now and its body when ready.
+    let mut work = Box::pin(async move { answer(&ctx, &name, key).await });
+    let waker = std::task::Waker::noop();
+    if let std::task::Poll::Ready(mut resp) =
+        std::future::Future::poll(work.as_mut(), &mut std::task::Context::from_waker(waker))
+    {
+        resp.headers_mut()
+            .insert(ACK_HEADER, HeaderValue::from_static("1"));
+        return resp;
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let resp = answer(&ctx, &name, key).await;
+        let resp = work.await;
         if let Ok(body) = axum::body::to_bytes(resp.into_body(), usize::MAX).await {
             let _ = tx.send(body);
         }
@@ -141,23 +153,30 @@ async fn answer(ctx: &Ctx, name: &str, key: QueryKey) -> Response {
         .answer(name, &entry.memo, key.clone())
         .await;
     ctx.agent.metrics.record_shim(name, &result);
+    let body = |answer: &Answer, source: Source| HelpAnswer {
+        argv0: key.argv0.clone(),
+        args: key.args.clone(),
+        stdout: answer.encoded.0.clone(),
+        stderr: answer.encoded.1.clone(),
+        exit_code: answer.exit_code,
+        source: match source {
+            Source::Memo => "memo",
+            Source::Recorded => "recorded",
+        }
+        .to_owned(),
+        exec_seconds: answer.exec_seconds,
+    };
     match result {
-        Ok((answer, source)) => json_value(
-            StatusCode::OK,
-            &HelpAnswer {
-                argv0: key.argv0,
-                args: key.args,
-                stdout: answer.encoded.0.clone(),
-                stderr: answer.encoded.1.clone(),
-                exit_code: answer.exit_code,
-                source: match source {
-                    Source::Memo => "memo",
-                    Source::Recorded => "recorded",
-                }
-                .to_owned(),
-                exec_seconds: answer.exec_seconds,
-            },
-        ),
+        // A replay sends the bytes rendered at the first one.
+        Ok((answer, Source::Memo)) => {
+            let bytes = answer.replayed.get_or_init(|| {
+                serde_json::to_vec(&body(&answer, Source::Memo))
+                    .map(Bytes::from)
+                    .unwrap_or_default()
+            });
+            ([(header::CONTENT_TYPE, "application/json")], bytes.clone()).into_response()
+        }
+        Ok((answer, source)) => json_value(StatusCode::OK, &body(&answer, source)),
         Err(e @ (MemoError::Full(_) | MemoError::TooLarge(_))) => json_error(
             NOT_KEPT,
             &format!("emulator '{name}': not kept: {e}; run QEMU"),

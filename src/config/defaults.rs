@@ -156,6 +156,9 @@ pub const NFD_EXPIRY_PASSES: u32 = 3;
 /// every minute by default) always sees them while the agent runs.
 pub const NFD_EXPIRY_MIN: Duration = Duration::from_secs(180);
 
+/// The shim alone, as built beside the agent (`src/bin/qcapsd-shim.rs`):
+/// what the shims run unless `shim_binary` says.
+pub const SHIM_BINARY_NAME: &str = "qcapsd-shim";
 /// The running binary, as the kernel has it (also when its file was
-/// replaced since): what the shims run unless `shim_binary` says.
+/// replaced since): what the shims run without a `qcapsd-shim` beside it.
 pub const SELF_EXE: &str = "/proc/self/exe";

@@ -370,11 +370,18 @@ impl Config {
         self.device_properties.iter().map(|d| d.0.clone()).collect()
     }
 
-    /// The binary the shims run: `shim_binary`, or the running agent.
+    /// The binary the shims run: `shim_binary`; else the shim alone
+    /// (`qcapsd-shim`) beside the running agent's binary, where there is
+    /// one; else the running agent (which is a shim too).
     pub fn shim_binary(&self) -> PathBuf {
-        self.shim_binary
-            .as_ref()
-            .map_or_else(|| PathBuf::from(defaults::SELF_EXE), |p| p.0.clone())
+        if let Some(p) = &self.shim_binary {
+            return p.0.clone();
+        }
+        std::fs::read_link(defaults::SELF_EXE)
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join(defaults::SHIM_BINARY_NAME)))
+            .filter(|shim| shim.is_file())
+            .unwrap_or_else(|| PathBuf::from(defaults::SELF_EXE))
     }
 
     /// QEMU module directories whose mtime is part of the fingerprint.

@@ -19,13 +19,13 @@
 //! gone, slow or confused costs at most the timeout, then QEMU runs.
 
 use crate::api::routes::Id;
+use crate::config::defaults::SHIM_ACK_TIMEOUT;
 use crate::qemu::cmdline;
 use crate::qemu::exec::replace_process;
 use crate::support::base64;
 use crate::support::shim_dir::{self, FELL_BACK, Manifest, RAN_QEMU};
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use crate::config::defaults::SHIM_ACK_TIMEOUT;
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;

@@ -587,7 +587,11 @@ fn with_the_agent_stopped_or_confused_the_shim_runs_qemu() {
         run(&shim, None, &["-version"]),
         run(&x86(), Some(&shim.display().to_string()), &["-version"])
     );
-    assert_eq!(agent.metric(&series), Some(6.0), "answered, not fallen back");
+    assert_eq!(
+        agent.metric(&series),
+        Some(6.0),
+        "answered, not fallen back"
+    );
     let status = agent.stop();
     assert!(status.success());
     assert!(!socket.exists(), "the agent removes its socket");
@@ -655,7 +659,11 @@ fn an_agent_killed_mid_answer_costs_the_shim_nothing_but_qemu_s_own_time() {
         "the shim waited for its timeout: {:?}",
         started.elapsed()
     );
-    assert_eq!(common::count(&log), 2, "the recording, then the shim's own exec");
+    assert_eq!(
+        common::count(&log),
+        2,
+        "the recording, then the shim's own exec"
+    );
     let _ = agent.child.wait();
 }
 
