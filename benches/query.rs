@@ -21,6 +21,12 @@
 // agent (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+/// As the static agent (src/main.rs): with `--target
+/// x86_64-unknown-linux-musl`, mimalloc.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use qcapsd::config::Config;
 use qcapsd::daemon;
 use std::path::PathBuf;

@@ -399,6 +399,18 @@ impl Emulators {
         self.verify_store.remove(key);
     }
 
+    /// The view and the binary of emulator `key` (no longer configured: the
+    /// work it asked for stops).
+    pub(super) fn configured(&self, key: &str) -> Result<(Arc<View>, PathBuf), MemoError> {
+        let view = self.view();
+        let path = view
+            .table
+            .get(key)
+            .map(|s| s.path.clone())
+            .ok_or(MemoError::Stopped)?;
+        Ok((view, path))
+    }
+
     /// QEMU's answer to a pure query of emulator `key`, from `memo` or
     /// recorded now in the sandbox (see [`Memo::answer`]).
     pub async fn answer(
@@ -407,12 +419,7 @@ impl Emulators {
         memo: &Arc<Memo>,
         query: QueryKey,
     ) -> Result<(Arc<Answer>, Source), MemoError> {
-        let view = self.view();
-        let path = view
-            .table
-            .get(key)
-            .map(|s| s.path.clone())
-            .ok_or(MemoError::Stopped)?;
+        let (view, path) = self.configured(key)?;
         let spec = QuerySpec {
             path,
             argv0: query.argv0.clone(),
@@ -770,6 +777,8 @@ impl cache::Observer<Emulators> for Reporter {
     }
     fn added(&self, key: &str) {
         self.metrics.add_emulator(key);
+        // The list gains a row.
+        self.versions.bump(key);
     }
     fn removed(&self, key: &str) {
         self.emulators.remove_memo(key);

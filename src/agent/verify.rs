@@ -49,12 +49,7 @@ impl Emulators {
         entry: &Arc<Entry>,
         args: Vec<String>,
     ) -> Result<(Confirmation, Source), MemoError> {
-        let view = self.view();
-        let path = view
-            .table
-            .get(key)
-            .map(|s| s.path.clone())
-            .ok_or(MemoError::Stopped)?;
+        let (view, path) = self.configured(key)?;
         let (timeout, tag, counter) = (
             view.settings.timeout,
             self.probe_tag().to_owned(),

@@ -35,6 +35,12 @@ impl Versions {
         self.sender(key).subscribe()
     }
 
+    /// The version of the whole list now: it changes whenever any
+    /// emulator's does.
+    pub fn all_version(&self) -> u64 {
+        *self.all.borrow()
+    }
+
     /// Wakes on the next change of any emulator.
     pub fn subscribe_all(&self) -> watch::Receiver<u64> {
         self.all.subscribe()

@@ -52,8 +52,19 @@ pub(super) async fn index() -> Response {
         .into_response()
 }
 
+/// The body of `GET /v1/emulators`, rendered once per version of the list
+/// (the version is read before the rows, so a change made while they are
+/// rendered makes the next request render again).
 pub(super) fn rows_part(ctx: &Ctx) -> Option<Part> {
-    Part::json(&bodies::rows(&ctx.agent)).ok()
+    let version = ctx.agent.versions.all_version();
+    if let Some((v, part)) = &*ctx.rows.lock().unwrap_or_else(|p| p.into_inner()) {
+        if *v == version {
+            return Some(part.clone());
+        }
+    }
+    let part = Part::json(&bodies::rows(&ctx.agent)).ok()?;
+    *ctx.rows.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, part.clone()));
+    Some(part)
 }
 
 pub(super) async fn list(

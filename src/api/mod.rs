@@ -92,6 +92,9 @@ pub struct CtxInner {
     pub shutdown: CancellationToken,
     /// Request counters and timings, resolved once per route and code.
     http: crate::agent::metrics::HttpSeries,
+    /// `GET /v1/emulators`'s body and the list version it was rendered
+    /// at (see [`handlers::rows_part`]).
+    rows: std::sync::Mutex<Option<(u64, crate::agent::render::Part)>>,
 }
 
 impl Ctx {
@@ -106,6 +109,7 @@ impl Ctx {
             max_wait: cfg.http.max_wait.0,
             shutdown,
             http: agent.metrics.http_series(&route_templates()),
+            rows: std::sync::Mutex::new(None),
             agent,
         }))
     }

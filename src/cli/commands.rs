@@ -10,6 +10,7 @@ use crate::qemu::{self, Accel, ExecCounter};
 use crate::verdicts::check::{self, CheckRequest, Verdict};
 use crate::verdicts::compare::{self, DocumentError, Input};
 use crate::verdicts::vms::{VmList, VmVerdict};
+use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -104,29 +105,12 @@ pub async fn check(
     json: bool,
 ) -> ExitCode {
     let path = tables::check_path(emulator.as_deref(), arch.as_deref(), &req, verify);
-    let timeout = if verify {
-        VERIFY_TIMEOUT
-    } else {
-        client::QUERY_TIMEOUT
-    };
-    let body = match client::fetch(&target, &path, None, timeout)
+    let answer = client::fetch(&target, &path, None, timeout_for(verify))
         .await
-        .map(|f| f.body)
-    {
-        Ok(b) => b,
-        Err(e) => {
-            let code = query_exit(&e);
-            return fail(e, code);
-        }
-    };
-    let verdict: Verdict = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return fail(
-                format_args!("bad answer from the agent: {e}"),
-                Exit::Failure,
-            );
-        }
+        .map(|f| f.body);
+    let (body, verdict): (_, Verdict) = match read_answer(answer) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let printed = if json {
         print_bytes(&body)
@@ -144,20 +128,44 @@ pub async fn check(
 /// VM configuration not yet verified starts QEMU once or more).
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
 
+fn timeout_for(verify: bool) -> Duration {
+    if verify {
+        VERIFY_TIMEOUT
+    } else {
+        client::QUERY_TIMEOUT
+    }
+}
+
+/// The agent's answer and what it says, or the exit code of a failure
+/// (said on stderr).
+fn read_answer<T: serde::de::DeserializeOwned>(
+    answer: Result<Bytes, QueryError>,
+) -> Result<(Bytes, T), ExitCode> {
+    let body = answer.map_err(|e| {
+        let code = query_exit(&e);
+        fail(e, code)
+    })?;
+    let value = serde_json::from_slice(&body).map_err(|e| {
+        fail(
+            format_args!("bad answer from the agent: {e}"),
+            Exit::Failure,
+        )
+    })?;
+    Ok((body, value))
+}
+
 /// `qcapsd vms`: 0 every VM would start again, 1 one would not or cannot
 /// be judged, 64 a bad question, 69 no agent answers.
 pub async fn vms(target: Target, against: Option<String>, verify: bool, json: bool) -> ExitCode {
     let answer = match &against {
-        None => {
-            let timeout = if verify {
-                VERIFY_TIMEOUT
-            } else {
-                client::QUERY_TIMEOUT
-            };
-            client::fetch(&target, &tables::vms_path(None, verify), None, timeout)
-                .await
-                .map(|f| f.body)
-        }
+        None => client::fetch(
+            &target,
+            &tables::vms_path(None, verify),
+            None,
+            timeout_for(verify),
+        )
+        .await
+        .map(|f| f.body),
         Some(input) => {
             let doc = match load(input).await {
                 Ok(i) => i,
@@ -174,21 +182,9 @@ pub async fn vms(target: Target, against: Option<String>, verify: bool, json: bo
             client::post(&target, &path, body, client::QUERY_TIMEOUT).await
         }
     };
-    let body = match answer {
-        Ok(b) => b,
-        Err(e) => {
-            let code = query_exit(&e);
-            return fail(e, code);
-        }
-    };
-    let list: VmList = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return fail(
-                format_args!("bad answer from the agent: {e}"),
-                Exit::Failure,
-            );
-        }
+    let (body, list): (_, VmList) = match read_answer(answer) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let printed = if json {
         print_bytes(&body)
