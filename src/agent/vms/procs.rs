@@ -9,7 +9,9 @@
 //! an emulator's. A process that exits while it is read is counted as
 //! gone. Processes the exec sandbox of any qcapsd started (their
 //! environment carries its tag: probes, recordings, verifications) are no
-//! VMs and are left out. Blocking; the cost is a `readlink` per process
+//! VMs and are left out, where their environment can be read (another
+//! user's cannot, even with `CAP_SYS_PTRACE`: it is its owner's alone, and
+//! this agent's probes run as its own user). Blocking; the cost is a `readlink` per process
 //! on the host, and a few reads per QEMU process.
 
 use crate::config::discovery::EmulatorSpec;
@@ -20,6 +22,10 @@ use std::path::{Path, PathBuf};
 
 /// The most bytes of a command line read (Linux allows a few MiB).
 pub const MAX_CMDLINE: u64 = 4 << 20;
+
+/// How the kernel begins an executable link that is not reachable from the
+/// reader's root (another mount namespace).
+const UNREACHABLE: &str = "(unreachable)";
 
 /// The longest process name the kernel keeps (`comm`, less its NUL).
 const COMM_LEN: usize = 15;
@@ -194,9 +200,13 @@ fn read(base: &Path, pid: i32, ids: &[Identity]) -> Result<Found, Stop> {
         _ => Stop::NotOurs,
     })?;
     let shown = link.to_string_lossy().into_owned();
-    let (path, deleted) = match shown.strip_suffix(" (deleted)") {
+    // A process of another mount namespace (the agent's own, under
+    // systemd's ProtectSystem= and PrivateMounts=, is one) has its path
+    // marked unreachable: the same path, from where the agent stands.
+    let reached = shown.strip_prefix(UNREACHABLE).unwrap_or(&shown);
+    let (path, deleted) = match reached.strip_suffix(" (deleted)") {
         Some(p) => (Path::new(p), true),
-        None => (link.as_path(), false),
+        None => (Path::new(reached), false),
     };
     let matching: Vec<usize> = (0..ids.len())
         .filter(|&i| ids[i].canonical == path)
@@ -207,13 +217,24 @@ fn read(base: &Path, pid: i32, ids: &[Identity]) -> Result<Found, Stop> {
     let running = std::fs::metadata(base.join("exe"))
         .map(|m| (m.dev(), m.ino()))
         .map_err(|e| gone_or(&e, Stop::NotOurs))?;
-    let environ = std::fs::read(base.join("environ")).map_err(|e| gone_or(&e, Stop::NotOurs))?;
-    let tag = format!("{TAG_VAR}=");
-    if environ
-        .split(|&b| b == 0)
-        .any(|v| v.starts_with(tag.as_bytes()))
-    {
-        return Err(Stop::NotOurs);
+    // The environment is its owner's alone (mode 0400, whatever the
+    // capabilities): another user's process cannot be a probe of this
+    // agent, whose probes run as its own user.
+    match std::fs::read(base.join("environ")) {
+        Ok(environ) => {
+            let tag = format!("{TAG_VAR}=");
+            if environ
+                .split(|&b| b == 0)
+                .any(|v| v.starts_with(tag.as_bytes()))
+            {
+                return Err(Stop::NotOurs);
+            }
+        }
+        Err(e) => {
+            if let Stop::Gone = gone_or(&e, Stop::NotOurs) {
+                return Err(Stop::Gone);
+            }
+        }
     }
     let mut cmdline = Vec::new();
     std::fs::File::open(base.join("cmdline"))
@@ -254,7 +275,7 @@ fn read(base: &Path, pid: i32, ids: &[Identity]) -> Result<Found, Stop> {
     Ok(Found {
         pid,
         emulator,
-        binary: shown,
+        binary: reached.to_owned(),
         replaced,
         argv0,
         args,
@@ -302,9 +323,21 @@ mod tests {
         process(&proc, 13, &x86, cmd, b"QCAPSD_PROBE=cache_dir=/x\0");
         // Exited (a zombie): no command line.
         process(&proc, 14, &x86, b"", b"");
+        // Seen from another mount namespace: the kernel marks the path
+        // (the link resolves, here, to a hard link of the same file).
+        let marked = format!("(unreachable){}", x86.display());
+        let d15 = proc.join("15");
+        std::fs::create_dir_all(d15.join(&marked).parent().unwrap()).unwrap();
+        std::fs::hard_link(&x86, d15.join(&marked)).unwrap();
+        process(&proc, 15, Path::new(&marked), cmd, b"");
+        // Another user's: its environment cannot be read (here: a
+        // directory where the file would be; as root nothing is denied).
+        process(&proc, 16, &x86, cmd, b"");
+        std::fs::remove_file(proc.join("16/environ")).unwrap();
+        std::fs::create_dir(proc.join("16/environ")).unwrap();
         std::fs::create_dir(proc.join("self")).unwrap();
         let s = scan(&proc, &ids);
-        assert_eq!(s.found.len(), 2, "{s:?}");
+        assert_eq!(s.found.len(), 4, "{s:?}");
         let f = &s.found[0];
         assert_eq!((f.pid, f.emulator, f.replaced), (10, 0, false));
         assert_eq!(f.argv0, "/usr/bin/qemu-system-x86_64");
@@ -320,6 +353,12 @@ mod tests {
         let r = &s.found[1];
         assert_eq!((r.pid, r.replaced), (11, true));
         assert!(r.binary.ends_with(" (deleted)"));
+        let u = &s.found[2];
+        assert_eq!((u.pid, u.replaced), (15, false), "{u:?}");
+        assert_eq!(
+            s.found[3].pid, 16,
+            "an unreadable environment is no probe's"
+        );
         assert_eq!(s.gone, 1);
     }
 
