@@ -223,25 +223,7 @@ fn verdicts_match_qemu_starting_the_vm() {
         })
         .collect();
     // QEMU, two at a time.
-    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
-        let chunks: Vec<&[(Vm, Value)]> = verdicts.chunks(verdicts.len().div_ceil(2)).collect();
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                let bin = &bin;
-                s.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(vm, _)| qemu_starts(bin, vm))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let results = common::two_at_a_time(&verdicts, |(vm, _)| qemu_starts(&bin, vm));
     let mut mismatches = Vec::new();
     let mut environment = Vec::new();
     let (mut yes, mut no) = (0, 0);

@@ -229,54 +229,21 @@ fn check_verdicts_match_qemu_starting_each_cpu_model_on_every_emulator() {
         }
     }
     assert!(cases.len() >= 300, "{} combinations", cases.len());
-    let started: Vec<Result<(), String>> = std::thread::scope(|s| {
-        let chunks: Vec<_> = cases.chunks(cases.len().div_ceil(2)).collect();
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                s.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(_, _, _, _, bin, args)| common::qemu_starts(bin, args))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let started = common::two_at_a_time(&cases, |(_, _, _, _, bin, args)| {
+        common::qemu_starts(bin, args)
     });
     // Issue 22: the same questions with verify=true, where QEMU runs
     // under TCG (KVM here is nested, with faults of its own): QEMU's word
     // through the agent is QEMU's word.
-    let verified: Vec<Option<Value>> = std::thread::scope(|s| {
-        let chunks: Vec<_> = cases.chunks(cases.len().div_ceil(2)).collect();
-        let agent = &agent;
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                s.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(emu, machine, cpu, v, _, _)| {
-                            (v["accel"] == "tcg").then(|| {
-                                agent
-                                    .get(&format!(
-                                        "/v1/check?emulator={emu}&machine={machine}&cpu={}&verify=true",
-                                        qcapsd::api::client::percent_encode(cpu)
-                                    ))
-                                    .json()
-                            })
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let verified = common::two_at_a_time(&cases, |(emu, machine, cpu, v, _, _)| {
+        (v["accel"] == "tcg").then(|| {
+            agent
+                .get(&format!(
+                    "/v1/check?emulator={emu}&machine={machine}&cpu={}&verify=true",
+                    qcapsd::api::client::percent_encode(cpu)
+                ))
+                .json()
+        })
     });
     let mut disagree = Vec::new();
     let mut confirmed = 0;

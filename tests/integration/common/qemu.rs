@@ -108,6 +108,22 @@ pub fn device_help_names(bin: &Path) -> Vec<String> {
     names
 }
 
+/// `f` over `items` on two threads (this machine's cores), results in
+/// the items' order: the real-QEMU sweeps start QEMU two at a time.
+pub fn two_at_a_time<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(items.len().div_ceil(2).max(1))
+            .map(|chunk| s.spawn(move || chunk.iter().map(f).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a sweep thread panicked"))
+            .collect()
+    })
+}
+
 /// Whether QEMU starts with `args` (stopped, `-S`): `Ok` if it answers
 /// `query-status` on its monitor, else its stderr. The test adds
 /// `-qmp stdio`.
