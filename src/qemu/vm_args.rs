@@ -563,4 +563,30 @@ mod tests {
         assert_eq!(keyval("a,,b,c=d,,e,"), ["a,b", "c=d,e", ""]);
         assert_eq!(keyval(""), [""]);
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..Default::default() })]
+        /// Any argument list, of options qcapsd reads and bytes of any
+        /// kind, gives a verdict or a reason: never a panic.
+        #[test]
+        fn any_command_line_parses_or_says_why(
+            args in proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(vec![
+                        "-device", "-machine", "-M", "-cpu", "-smp", "-name", "-uuid",
+                        "-accel", "-enable-kvm", "-S", "{", "driver=", ",", "=",
+                    ]).prop_map(|s| s.as_bytes().to_vec()),
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                    "[-{}a-z0-9=,:+\"]{0,40}".prop_map(String::into_bytes),
+                ],
+                0..24,
+            )
+        ) {
+            if let Ok(v) = parse::<Vec<u8>>("qemu-system-x86_64", &args) {
+                prop_assert!(v.devices.len() <= MAX_DEVICES);
+            }
+        }
+    }
 }
