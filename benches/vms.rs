@@ -155,24 +155,30 @@ fn main() {
         stale: None,
     }];
     let started = Instant::now();
-    let mut vms: Vec<Child> = (0..n)
-        .map(|i| {
-            Command::new(&stand_in)
-                .args(["-c", "import signal; signal.pause()"])
-                .args(libvirt_args(i))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("stand-in")
-        })
-        .collect();
-    // Until every stand-in runs the copy (its exec done).
+    let vms = StandIns(
+        (0..n)
+            .map(|i| {
+                Command::new(&stand_in)
+                    .args(["-c", "import signal; signal.pause()"])
+                    .args(libvirt_args(i))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("stand-in")
+            })
+            .collect(),
+    );
+    // Until every stand-in runs the copy with its command line: the
+    // kernel points `exe` at the new binary a moment before it sets the
+    // new command line, and a listing in between counts the process gone.
     let real = std::fs::canonicalize(&stand_in).unwrap();
-    while !vms
-        .iter()
-        .all(|c| std::fs::read_link(format!("/proc/{}/exe", c.id())).is_ok_and(|l| l == real))
-    {
+    let up = |c: &Child| {
+        std::fs::read_link(format!("/proc/{}/exe", c.id())).is_ok_and(|l| l == real)
+            && std::fs::read(format!("/proc/{}/cmdline", c.id()))
+                .is_ok_and(|c| c.windows(9).any(|w| w == b"guest=vm-"))
+    };
+    while !vms.0.iter().all(up) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let processes = std::fs::read_dir("/proc")
@@ -212,8 +218,17 @@ fn main() {
         ms(cpu[rounds * 9 / 10]),
         ms(wall[rounds / 2])
     );
-    for c in &mut vms {
-        let _ = c.kill();
-        let _ = c.wait();
+    drop(vms);
+}
+
+/// The stand-in VMs, killed when the bench ends or fails.
+struct StandIns(Vec<Child>);
+
+impl Drop for StandIns {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

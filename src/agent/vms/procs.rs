@@ -241,7 +241,8 @@ fn read(base: &Path, pid: i32, ids: &[Identity]) -> Result<Found, Stop> {
         .and_then(|f| f.take(MAX_CMDLINE + 1).read_to_end(&mut cmdline))
         .map_err(|e| gone_or(&e, Stop::Gone))?;
     if cmdline.is_empty() {
-        // A process that exited (a zombie) has no command line.
+        // A process that exited (a zombie) has no command line, nor one
+        // in the middle of its exec (`exe` is set a moment before).
         return Err(Stop::Gone);
     }
     let argv0_of = |c: &[u8]| {
