@@ -49,12 +49,16 @@ impl TestVm {
         self.child.id() as i32
     }
 
-    /// Waits until the process runs `bin` (its exec is done).
+    /// Waits until the process runs `bin` with its command line (its
+    /// exec is done: the kernel sets `exe` a moment before the command
+    /// line, and a listing in between counts the process gone).
     fn wait_running(&self, bin: &Path) {
         let exe = format!("/proc/{}/exe", self.pid());
+        let cmdline = format!("/proc/{}/cmdline", self.pid());
         let real = std::fs::canonicalize(bin).unwrap();
         assert!(
-            super::poll_until(|| std::fs::read_link(&exe).is_ok_and(|l| l == real)),
+            super::poll_until(|| std::fs::read_link(&exe).is_ok_and(|l| l == real)
+                && std::fs::read(&cmdline).is_ok_and(|c| !c.is_empty())),
             "{} did not start",
             bin.display()
         );
