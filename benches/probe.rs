@@ -18,31 +18,21 @@
 // agent (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use qcapsd::qemu::exec::{ExecSpec, with_qemu};
 use qcapsd::qemu::{Accel, ExecCounter, ProbeRequest, probe};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    let bin = PathBuf::from(
-        std::env::var("QEMU_BIN").unwrap_or_else(|_| "/usr/bin/qemu-system-x86_64".into()),
-    );
-    if !bin.exists() {
-        eprintln!(
-            "probe bench: {} not found, nothing to measure",
-            bin.display()
-        );
+    let bench = common::measuring();
+    let Some(bin) = common::qemu("probe") else {
         return;
-    }
-    let iters: usize = match std::env::var("QCAPSD_BENCH_ITERS") {
-        Ok(v) => v.parse().expect("QCAPSD_BENCH_ITERS must be a number"),
-        Err(_) if bench => 30,
-        Err(_) => 1,
     };
+    let iters = common::env_or("QCAPSD_BENCH_ITERS", if bench { 30 } else { 1 }) as usize;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let req = ProbeRequest {
         accel: Accel::Auto,

@@ -21,6 +21,8 @@
 // agent (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 /// As the static agent (src/main.rs): with `--target
 /// x86_64-unknown-linux-musl`, mimalloc.
 #[cfg(target_env = "musl")]
@@ -29,26 +31,22 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use qcapsd::config::Config;
 use qcapsd::daemon;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    let qemu = PathBuf::from(
-        std::env::var("QEMU_BIN").unwrap_or_else(|_| "/usr/bin/qemu-system-x86_64".into()),
-    );
-    if !qemu.exists() || Command::new("wrk").arg("--version").output().is_err() {
-        eprintln!(
-            "query bench: needs {} and wrk (.ci/install-deps); nothing to measure",
-            qemu.display()
-        );
+    let bench = common::measuring();
+    let Some(qemu) = common::qemu("query") else {
+        return;
+    };
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("query bench: needs wrk (.ci/install-deps); nothing to measure");
         return;
     }
-    let seconds: u64 = env_or("QCAPSD_BENCH_SECONDS", if bench { 5 } else { 1 });
-    let rounds: u64 = env_or("QCAPSD_BENCH_ROUNDS", if bench { 3 } else { 1 });
-    let conns: u64 = env_or("QCAPSD_BENCH_CONNECTIONS", 64);
+    let seconds: u64 = common::env_or("QCAPSD_BENCH_SECONDS", if bench { 5 } else { 1 });
+    let rounds: u64 = common::env_or("QCAPSD_BENCH_ROUNDS", if bench { 3 } else { 1 });
+    let conns: u64 = common::env_or("QCAPSD_BENCH_CONNECTIONS", 64);
     let cache = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -241,13 +239,6 @@ fn fetch(port: u16, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     (status, headers, buf[end + 4..].to_vec())
-}
-
-fn env_or(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
 }
 
 fn field(text: &str, key: &str) -> Option<f64> {

@@ -26,6 +26,8 @@
 // agent (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,22 +42,11 @@ const QUERIES: [&str; 5] = [
 const PASS_THROUGH: &str = "-m 64 -version";
 
 fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    let qemu = PathBuf::from(
-        std::env::var("QEMU_BIN").unwrap_or_else(|_| "/usr/bin/qemu-system-x86_64".into()),
-    );
-    if !qemu.exists() {
-        eprintln!(
-            "shim bench: {} not found, nothing to measure",
-            qemu.display()
-        );
+    let bench = common::measuring();
+    let Some(qemu) = common::qemu("shim") else {
         return;
-    }
-    let iters: usize = match std::env::var("QCAPSD_BENCH_ITERS") {
-        Ok(v) => v.parse().expect("QCAPSD_BENCH_ITERS must be a number"),
-        Err(_) if bench => 30,
-        Err(_) => 1,
     };
+    let iters = common::env_or("QCAPSD_BENCH_ITERS", if bench { 30 } else { 1 }) as usize;
     let static_build = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/x86_64-unknown-linux-musl/release/qcapsd-shim");
     let mut variants: Vec<(&str, Option<PathBuf>)> =

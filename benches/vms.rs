@@ -14,21 +14,16 @@
 // agent (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use qcapsd::agent::emulators::Entry;
 use qcapsd::agent::memo::{Limits, Memo};
 use qcapsd::agent::vms::{Known, judge_all};
 use qcapsd::config::discovery::EmulatorSpec;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn env_or(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
 
 /// This thread's CPU time.
 fn thread_cpu() -> Duration {
@@ -88,19 +83,12 @@ fn libvirt_args(i: usize) -> Vec<String> {
 }
 
 fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    let qemu = PathBuf::from(
-        std::env::var("QEMU_BIN").unwrap_or_else(|_| "/usr/bin/qemu-system-x86_64".into()),
-    );
-    if !qemu.exists() {
-        eprintln!(
-            "vms bench: {} not found; skipped (install QEMU: .ci/install-deps)",
-            qemu.display()
-        );
+    let bench = common::measuring();
+    let Some(qemu) = common::qemu("vms") else {
         return;
-    }
-    let n = env_or("QCAPSD_BENCH_VMS", if bench { 200 } else { 20 }) as usize;
-    let rounds = env_or("QCAPSD_BENCH_ROUNDS", if bench { 50 } else { 3 }) as usize;
+    };
+    let n = common::env_or("QCAPSD_BENCH_VMS", if bench { 200 } else { 20 }) as usize;
+    let rounds = common::env_or("QCAPSD_BENCH_ROUNDS", if bench { 50 } else { 3 }) as usize;
     let dir = tempfile::tempdir().expect("tempdir");
     let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
         .iter()

@@ -11,16 +11,11 @@
 // agent (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+mod common;
 
-fn env_or(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn http(port: u16, req: &str) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -62,19 +57,12 @@ fn cpu_and_rss(pid: u32) -> (f64, f64) {
 }
 
 fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    let qemu = PathBuf::from(
-        std::env::var("QEMU_BIN").unwrap_or_else(|_| "/usr/bin/qemu-system-x86_64".into()),
-    );
-    if !qemu.exists() {
-        eprintln!(
-            "watch bench: {} not found; nothing to measure",
-            qemu.display()
-        );
+    let bench = common::measuring();
+    let Some(qemu) = common::qemu("watch") else {
         return;
-    }
-    let waiters = env_or("QCAPSD_BENCH_WAITERS", if bench { 1000 } else { 200 }) as usize;
-    let seconds = env_or("QCAPSD_BENCH_SECONDS", if bench { 30 } else { 2 });
+    };
+    let waiters = common::env_or("QCAPSD_BENCH_WAITERS", if bench { 1000 } else { 200 }) as usize;
+    let seconds = common::env_or("QCAPSD_BENCH_SECONDS", if bench { 30 } else { 2 });
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
