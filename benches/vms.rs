@@ -167,6 +167,10 @@ fn main() {
                 .is_ok_and(|c| c.windows(9).any(|w| w == b"guest=vm-"))
     };
     while !vms.0.iter().all(up) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the stand-in VMs did not all start within 2 minutes"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let processes = std::fs::read_dir("/proc")

@@ -10,12 +10,15 @@ pub fn measuring() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
-/// A number from the environment, else `default`.
+/// A number from the environment, else `default`; anything else in the
+/// variable stops the bench, naming it.
 pub fn env_or(key: &str, default: u64) -> u64 {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} must be a whole number, not {v:?}")),
+        Err(_) => default,
+    }
 }
 
 /// The QEMU a bench measures (`QEMU_BIN`, else qemu-system-x86_64), or

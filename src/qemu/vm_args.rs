@@ -413,6 +413,7 @@ fn smp(value: &str) -> Result<Option<u64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn words(s: &str) -> Vec<&str> {
         s.split_whitespace().collect()
@@ -563,8 +564,6 @@ mod tests {
         assert_eq!(keyval("a,,b,c=d,,e,"), ["a,b", "c=d,e", ""]);
         assert_eq!(keyval(""), [""]);
     }
-
-    use proptest::prelude::*;
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..Default::default() })]

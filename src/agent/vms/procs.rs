@@ -6,13 +6,14 @@
 //! Nothing is guessed: a process is an emulator's when its `exe` link
 //! says so. One whose `exe` cannot be read (another user's, without
 //! `CAP_SYS_PTRACE`) is only counted, and only when its name (`comm`) is
-//! an emulator's. A process that exits while it is read is counted as
-//! gone. Processes the exec sandbox of any qcapsd started (their
-//! environment carries its tag: probes, recordings, verifications) are no
-//! VMs and are left out, where their environment can be read (another
-//! user's cannot, even with `CAP_SYS_PTRACE`: it is its owner's alone, and
-//! this agent's probes run as its own user). Blocking; the cost is a `readlink` per process
-//! on the host, and a few reads per QEMU process.
+//! an emulator's. A process that exits while it is read, or is still in
+//! its exec, is counted as gone. Processes the exec sandbox of any qcapsd
+//! started (their environment carries its tag: probes, recordings,
+//! verifications) are no VMs and are left out, where their environment
+//! can be read (another user's cannot, even with `CAP_SYS_PTRACE`: it is
+//! its owner's alone, and this agent's probes run as its own user).
+//! Blocking; the cost is a `readlink` per process on the host, and a few
+//! reads per QEMU process.
 
 use crate::config::discovery::EmulatorSpec;
 use crate::qemu::exec::TAG_VAR;
@@ -230,11 +231,8 @@ fn read(base: &Path, pid: i32, ids: &[Identity]) -> Result<Found, Stop> {
                 return Err(Stop::NotOurs);
             }
         }
-        Err(e) => {
-            if let Stop::Gone = gone_or(&e, Stop::NotOurs) {
-                return Err(Stop::Gone);
-            }
-        }
+        Err(e) if matches!(gone_or(&e, Stop::NotOurs), Stop::Gone) => return Err(Stop::Gone),
+        Err(_) => {}
     }
     let mut cmdline = Vec::new();
     std::fs::File::open(base.join("cmdline"))
