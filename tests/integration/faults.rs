@@ -182,10 +182,8 @@ fn a_lookup_after_a_mid_probe_rename_gets_the_new_binary() {
     });
     // B is being probed (by this lookup or by the watcher: its exec has
     // begun) and the agent has taken the lookup (it counts it before
-    // waiting); only then is the binary replaced again (version C). Only
-    // B's own count says so: a wider sign (any process named like B) let
-    // C in before B's exec when another process matched, and the lookup
-    // then got C's answer.
+    // waiting); only then is the binary replaced again (version C). B's
+    // own exec count is the sign: any other process may be named like B.
     assert!(
         common::poll_until(|| count(&b_count) == 1),
         "B's probe never began"

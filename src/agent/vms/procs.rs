@@ -149,12 +149,15 @@ enum Stop {
     Gone,
 }
 
+/// Whether a read of a process's file failed because it exited.
+fn exited(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error()
+        .is_some_and(|c| c == Errno::NOENT.raw_os_error() || c == Errno::SRCH.raw_os_error())
+}
+
 fn gone_or(e: &std::io::Error, other: Stop) -> Stop {
-    match e.raw_os_error() {
-        Some(c) if c == rustix::io::Errno::NOENT.raw_os_error() => Stop::Gone,
-        Some(c) if c == rustix::io::Errno::SRCH.raw_os_error() => Stop::Gone,
-        _ => other,
-    }
+    if exited(e) { Stop::Gone } else { other }
 }
 
 /// Lists the QEMU processes of `ids` in the process table at `proc`
@@ -231,7 +234,7 @@ fn read(base: &Path, pid: i32, ids: &[Identity]) -> Result<Found, Stop> {
                 return Err(Stop::NotOurs);
             }
         }
-        Err(e) if matches!(gone_or(&e, Stop::NotOurs), Stop::Gone) => return Err(Stop::Gone),
+        Err(e) if exited(&e) => return Err(Stop::Gone),
         Err(_) => {}
     }
     let mut cmdline = Vec::new();
